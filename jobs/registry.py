@@ -1,0 +1,41 @@
+"""Which built-in jobs exist, their parameter models and the outputs they write.
+
+Only pydantic models are imported here (from jobs/params.py), never torch, so that `lhorch validate`
+checks a job's parameters in milliseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from jobs import params as p
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    name: str  # as written in `uses:`, e.g. jobs.finetune
+    params: type[BaseModel]
+    outputs: tuple[str, ...]
+    summary: str
+
+    @property
+    def module(self) -> str:
+        return self.name
+
+
+JOBS: dict[str, JobInfo] = {
+    job.name: job
+    for job in [
+        JobInfo("jobs.preprocess", p.PreprocessParams, ("dataset",), "Clean, normalise and split a data set."),
+    ]
+}
+
+
+def find_job(name: str) -> JobInfo | None:
+    return JOBS.get(name)
+
+
+def job_names() -> list[str]:
+    return sorted(JOBS)

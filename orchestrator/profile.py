@@ -1,0 +1,71 @@
+"""What the local machine has and how fast it is: the profiler's output, the planner's input.
+
+Plain data only; measuring lives in profiler.py. A Profile can be saved to and loaded from JSON so
+that tests and simulations can pose as other machines.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GpuInfo(_Data):
+    index: int = 0
+    name: str
+    backend: str = Field("cuda", description="cuda | mps | rocm")
+    memory_total_gb: float
+    memory_free_gb: float | None = None
+    compute_capability: str | None = None
+    driver_version: str | None = None
+    cuda_version: str | None = None
+
+
+class Measurement(_Data):
+    """One measured figure, with how it was measured so a user can judge it."""
+
+    value: float
+    unit: str
+    method: str
+    seconds: float = Field(0.0, description="How long the measurement took.")
+
+
+class Load(_Data):
+    cpu_percent: float = 0.0
+    ram_available_gb: float = 0.0
+    gpu_memory_free_gb: list[float] = Field(default_factory=list)
+
+
+class Profile(_Data):
+    hostname: str = "local"
+    os: str = ""
+    cpu_model: str = ""
+    physical_cores: int
+    logical_cores: int
+    ram_total_gb: float
+    ram_available_gb: float
+    swap_total_gb: float = 0.0
+    disk_free_gb: float
+    gpus: list[GpuInfo] = Field(default_factory=list)
+    mps: bool = False
+    on_battery: bool | None = None
+    # Measured capability, keyed e.g. "matmul_cpu_fp32", "matmul_cuda0_bf16", "mem_bandwidth",
+    # "disk_write", "disk_read", "upload".
+    measured: dict[str, Measurement] = Field(default_factory=dict)
+    load: Load = Field(default_factory=Load)
+    fingerprint: str = Field("", description="Hash of the hardware inventory; cache key for measurements.")
+    measured_at: datetime | None = None
+    source: str = Field("live", description="live | cache | file:<path>")
+
+    def gflops(self, device: str = "cpu", precision: str = "fp32") -> float | None:
+        m = self.measured.get(f"matmul_{device}_{precision}")
+        return m.value if m else None
+
+    @property
+    def gpu_count(self) -> int:
+        return len(self.gpus)

@@ -1,0 +1,73 @@
+"""Plain data that flows between the planner, the policies and the runner."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Offer(_Data):
+    """Somewhere a stage can run: the local node or one cloud instance type in one market."""
+
+    provider: str = Field(..., description="local | aws | ray")
+    instance_type: str = Field("local", description="e.g. g5.xlarge; 'local' for the local node")
+    market: Literal["local", "on-demand", "spot", "fixed"] = "local"
+    region: str | None = None
+    vcpus: float
+    memory_gb: float
+    gpus: int = 0
+    gpu_model: str | None = None
+    gpu_memory_gb: float = 0.0
+    price_per_hour: float = 0.0
+    startup_seconds: float = 0.0
+    teardown_seconds: float = 0.0
+    gflops_fp32: float | None = Field(None, description="Sustained matmul throughput per node, CPU.")
+    gpu_gflops: float | None = Field(None, description="Sustained matmul throughput per GPU, best precision.")
+    upload_mbps: float | None = Field(None, description="Bandwidth from the laptop to this offer.")
+    download_mbps: float | None = None
+    transfer_usd_per_gb: float = Field(0.0, description="Data transfer out price (cloud → laptop).")
+    interruption_rate_per_hour: float = Field(0.0, description="For spot: chance per hour of an interruption.")
+    price_source: str = Field("catalogue", description="catalogue | live:<date> | fixed")
+
+    @property
+    def key(self) -> str:
+        return f"{self.provider}:{self.instance_type}:{self.market}"
+
+    @property
+    def is_local(self) -> bool:
+        return self.provider == "local"
+
+
+class Placement(_Data):
+    stage: str
+    target: Literal["local", "cloud"]
+    provider: str = "local"
+    instance_type: str = "local"
+    market: str = "local"
+    group: str | None = Field(None, description="Cloud stages with the same group share one cluster.")
+    est_seconds: float = 0.0
+    est_cost_usd: float = 0.0
+    reason: str = ""
+    offer: Offer | None = None
+
+
+class Plan(_Data):
+    pipeline: str
+    policy: str
+    placements: dict[str, Placement]
+    est_total_seconds: float = Field(0.0, description="Critical-path time, start-ups included.")
+    est_total_cost_usd: float = 0.0
+    feasible: bool = True
+    problems: list[str] = Field(default_factory=list, description="Why stages cannot be placed, if any.")
+
+    def cloud_groups(self) -> dict[str, list[str]]:
+        groups: dict[str, list[str]] = {}
+        for p in self.placements.values():
+            if p.target == "cloud":
+                groups.setdefault(p.group or p.stage, []).append(p.stage)
+        return groups
