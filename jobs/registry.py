@@ -19,6 +19,9 @@ class JobInfo:
     params: type[BaseModel]
     outputs: tuple[str, ...]
     summary: str
+    # True for jobs that start their own Ray Train workers: the runner then reserves no CPU for the
+    # job's driver, so that the workers can have the stage's CPUs (and GPUs) on the same cluster.
+    distributed: bool = False
 
     @property
     def module(self) -> str:

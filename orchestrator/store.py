@@ -36,6 +36,7 @@ MIGRATIONS: list[str] = [
         pid INTEGER,
         host TEXT,
         trigger TEXT NOT NULL DEFAULT 'manual',   -- manual | schedule:<name> | resume
+        fingerprint TEXT,              -- hash of the spec and every external input's content
         created_at TEXT NOT NULL,
         started_at TEXT,
         finished_at TEXT,
