@@ -24,6 +24,8 @@ class GpuInfo(_Data):
     compute_capability: str | None = None
     driver_version: str | None = None
     cuda_version: str | None = None
+    usable: bool = Field(True, description="Whether torch in this environment can run on it (False e.g. when "
+                                           "nvidia-smi sees a GPU but torch is a CPU-only build).")
 
 
 class Measurement(_Data):
@@ -39,9 +41,13 @@ class Load(_Data):
     cpu_percent: float = 0.0
     ram_available_gb: float = 0.0
     gpu_memory_free_gb: list[float] = Field(default_factory=list)
+    load_avg_1m: float | None = Field(None, description="1-minute load average (runnable threads); None where "
+                                                       "the OS has none.")
+    at: datetime | None = Field(None, description="When this load was read.")
 
 
 class Profile(_Data):
+    format_version: int = Field(1, description="Version of this JSON layout; bumped on incompatible changes.")
     hostname: str = "local"
     os: str = ""
     cpu_model: str = ""
@@ -54,6 +60,8 @@ class Profile(_Data):
     gpus: list[GpuInfo] = Field(default_factory=list)
     mps: bool = False
     on_battery: bool | None = None
+    battery_percent: float | None = Field(None, description="Charge left; None when there is no battery.")
+    torch_version: str | None = Field(None, description="torch that measured the figures (they depend on it).")
     # Measured capability, keyed e.g. "matmul_cpu_fp32", "matmul_cuda0_bf16", "mem_bandwidth",
     # "disk_write", "disk_read", "upload".
     measured: dict[str, Measurement] = Field(default_factory=dict)
@@ -61,6 +69,9 @@ class Profile(_Data):
     fingerprint: str = Field("", description="Hash of the hardware inventory; cache key for measurements.")
     measured_at: datetime | None = None
     source: str = Field("live", description="live | cache | file:<path>")
+    thorough: bool = Field(False, description="Measured with the longer --thorough benchmarks.")
+    notes: list[str] = Field(default_factory=list,
+                             description="Decisions the profiler made, e.g. a precision left out as too slow.")
 
     def gflops(self, device: str = "cpu", precision: str = "fp32") -> float | None:
         m = self.measured.get(f"matmul_{device}_{precision}")
