@@ -64,6 +64,11 @@ class Plan(_Data):
     est_total_cost_usd: float = 0.0
     feasible: bool = True
     problems: list[str] = Field(default_factory=list, description="Why stages cannot be placed, if any.")
+    problem_kind: Literal["fit", "budget", "deadline"] | None = Field(
+        None, description="Why an infeasible plan is refused: a stage fits nowhere, the cap, or the deadline.",
+    )
+    budget_usd: float | None = Field(None, description="The cap the plan was made under (budget.max_usd).")
+    deadline_seconds: float | None = Field(None, description="The deadline the plan was made under.")
 
     def cloud_groups(self) -> dict[str, list[str]]:
         groups: dict[str, list[str]] = {}
