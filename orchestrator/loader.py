@@ -72,7 +72,7 @@ def _pydantic_message(err: dict[str, Any]) -> str:
         return "unknown field"
     if kind == "missing":
         return "is required"
-    msg = err["msg"]
+    msg = err["msg"].replace("Input should be a valid dictionary", "should be a mapping (name: value)")
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
             msg = msg[len(prefix):]
@@ -83,10 +83,8 @@ def _spec_error_from_validation(exc: ValidationError, lines: _LineMap, file: str
     err = exc.errors()[0]
     # pydantic adds the union branch or model name to some locations; drop what is not in the file.
     loc = root + tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    if err["type"] == "extra_forbidden":
-        line = lines.key_lines.get(loc) or lines.line(loc)
-    else:
-        line = lines.line(loc)
+    # The key's line reads best: for a block mapping the value starts on the line after it.
+    line = lines.key_lines.get(loc) or lines.line(loc)
     more = len(exc.errors()) - 1
     hint = f"{more} more problem(s) follow once this one is fixed." if more else None
     if err["type"] == "extra_forbidden":
