@@ -149,7 +149,7 @@ def matmul_gflops(device: str = "cpu", precision: str = "fp32", *, n: int = 1024
         value=round(value, 2), unit="GFLOP/s",
         method=(f"torch.matmul {n}x{n} {precision} on {device}{threads}: {timing.iters} products in "
                 f"{timing.seconds:.2f}s after {timing.warmup} warm-up; 2n^3 FLOP each, sustained"),
-        seconds=round(timing.seconds, 3),
+        seconds=round(timing.seconds, 4),
     )
 
 
@@ -191,7 +191,7 @@ def copy_bandwidth(device: str = "cpu", *, mib: int = 64, seconds: float = 0.4, 
     return Measurement(
         value=round(per_copy * timing.iters / timing.seconds / 1e9, 2), unit="GB/s",
         method=f"tensor.copy_ of {mib} MiB ({what}): {timing.iters} copies in {timing.seconds:.2f}s",
-        seconds=round(timing.seconds, 3),
+        seconds=round(timing.seconds, 4),
     )
 
 
@@ -229,10 +229,10 @@ def disk_throughput(directory: Path, *, mib: int = 64, seconds: float = 2.0, chu
     cache = ("page cache dropped for the file with posix_fadvise(DONTNEED) after fsync" if evicted
              else "no fadvise on this OS: may be cached, an upper bound")
     return (
-        Measurement(value=round(written / MB / write_s, 1), unit="MB/s", seconds=round(write_s, 3),
+        Measurement(value=round(written / MB / write_s, 1), unit="MB/s", seconds=round(write_s, 4),
                     method=f"sequential write of {written // MiB} MiB in {chunk_mib} MiB chunks to {directory}, "
                            f"fsync included"),
-        Measurement(value=round(read / MB / read_s, 1), unit="MB/s", seconds=round(read_s, 3),
+        Measurement(value=round(read / MB / read_s, 1), unit="MB/s", seconds=round(read_s, 4),
                     method=f"sequential read of {read // MiB} MiB back from {directory}; {cache}"),
     )
 
@@ -278,7 +278,7 @@ def upload_bandwidth(uploader: Uploader, *, mb: int = 4, clock: Callable[[], flo
     finally:
         for k in (key + "-warm", key):
             uploader.delete(k)
-    return Measurement(value=round(len(data) / MB / elapsed, 2), unit="MB/s", seconds=round(elapsed, 3),
+    return Measurement(value=round(len(data) / MB / elapsed, 2), unit="MB/s", seconds=round(elapsed, 6),
                        method=f"one put of {mb} MB to {uploader.name} after a 1 KB warm-up put")
 
 

@@ -235,7 +235,7 @@ def _nvidia_smi_gpus() -> list[GpuInfo]:
     return []
 
 
-def _mps(torch, ram_total_gb: float) -> GpuInfo | None:
+def _mps(torch, ram_total_gb: float, chip: str) -> GpuInfo | None:
     if torch is None or not getattr(torch.backends, "mps", None) or not torch.backends.mps.is_available():
         return None
     total = ram_total_gb
@@ -245,11 +245,12 @@ def _mps(torch, ram_total_gb: float) -> GpuInfo | None:
             total = recommended() / GB
         except RuntimeError:
             pass  # older macOS: fall back to all unified memory
-    return GpuInfo(index=0, name=f"Apple {platform.machine()} GPU (MPS)", backend="mps",
+    # The GPU is part of the chip ("Apple M2 Pro"); MPS has no API for its name.
+    return GpuInfo(index=0, name=f"{chip} GPU", backend="mps",
                    memory_total_gb=round(total, 2))
 
 
-def gpu_inventory(ram_total_gb: float) -> tuple[list[GpuInfo], bool, list[str]]:
+def gpu_inventory(ram_total_gb: float, chip: str = "") -> tuple[list[GpuInfo], bool, list[str]]:
     """(gpus, mps available, notes)."""
     torch = _torch()
     notes: list[str] = []
@@ -263,7 +264,7 @@ def gpu_inventory(ram_total_gb: float) -> tuple[list[GpuInfo], bool, list[str]]:
                 "torch.cuda.is_available() is False"
             notes.append(f"{len(seen)} NVIDIA GPU(s) visible to the driver but not usable: {why}")
             gpus = seen
-    mps = _mps(torch, ram_total_gb)
+    mps = _mps(torch, ram_total_gb, chip or cpu_model())
     if mps is not None:
         gpus.append(mps)
     return gpus, mps is not None, notes
@@ -281,13 +282,14 @@ def disk_free_gb(path: Path) -> float:
 def take_inventory(home: Path) -> Inventory:
     vm, swap = psutil.virtual_memory(), psutil.swap_memory()
     ram_total = vm.total / GB
-    gpus, mps, notes = gpu_inventory(ram_total)
+    chip = cpu_model()
+    gpus, mps, notes = gpu_inventory(ram_total, chip)
     battery = psutil.sensors_battery() if hasattr(psutil, "sensors_battery") else None
     torch = _torch()
     return Inventory(
         hostname=socket.gethostname(),
         os=f"{platform.system()} {platform.release()} ({platform.machine()})",
-        cpu_model=cpu_model(),
+        cpu_model=chip,
         physical_cores=physical_cores(),
         logical_cores=os.cpu_count() or 1,
         ram_total_gb=round(ram_total, 2),
