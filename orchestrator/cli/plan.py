@@ -1,0 +1,102 @@
+"""`lhorch plan`: where each stage would run, how long it would take and what it would cost, and why.
+
+Exit codes: 0 a feasible plan; 3 (BudgetError) no plan within budget.max_usd; 4 (InfeasibleError)
+a stage fits nowhere or the deadline cannot be met. With --json the plan is printed either way.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.durations import format_duration
+from orchestrator.profile import Profile
+from orchestrator.spec import Pipeline
+from policies.model import Plan
+
+POLICY_NAMES = ["local-first", "cheapest", "fastest", "balanced"]
+
+
+def _history(store, pipeline: Pipeline, profile: Profile) -> tuple[dict[str, dict[str, list[float]]], dict[str, float]]:
+    """Recorded seconds per stage and machine ("local" for this machine), and median output sizes."""
+    from orchestrator.history import observed
+
+    seconds: dict[str, dict[str, list[float]]] = {}
+    output_gb: dict[str, float] = {}
+    for name in pipeline.stages:
+        rows = observed(store, pipeline.name, name)
+        by_machine: dict[str, list[float]] = {}
+        for row in rows:
+            machine = "local" if row.machine in (profile.fingerprint, "local") else row.machine
+            by_machine.setdefault(machine, []).append(row.wall_seconds)
+        if by_machine:
+            seconds[name] = by_machine
+        sizes = [r.output_bytes for r in rows if r.output_bytes is not None]
+        if sizes:
+            output_gb[name] = statistics.median(sizes) / 1e9
+    return seconds, output_gb
+
+
+def render(plan: Plan, console: Console) -> None:
+    title = f"{plan.pipeline}: policy {plan.policy}" + ("" if plan.feasible else "  [red](refused)[/red]")
+    table = Table(title=title, title_justify="left")
+    for col, kw in (("stage", {"style": "bold"}), ("target", {}), ("instance", {}), ("market", {}),
+                    ("est. time", {"justify": "right"}), ("est. cost", {"justify": "right"}), ("reason", {"overflow": "fold"})):
+        table.add_column(col, **kw)
+    for p in plan.placements.values():
+        instance = p.instance_type if p.target == "cloud" else "-"
+        if p.group and p.target == "cloud":
+            instance += f" ({p.group})"
+        table.add_row(p.stage, p.target, instance, p.market if p.target == "cloud" else "-",
+                      format_duration(p.est_seconds), f"${p.est_cost_usd:.2f}", p.reason)
+    console.print(table)
+    caps = []
+    if plan.budget_usd is not None:
+        caps.append(f"cap ${plan.budget_usd:.2f}")
+    if plan.deadline_seconds is not None:
+        caps.append(f"deadline {format_duration(plan.deadline_seconds)}")
+    extra = f"  ({', '.join(caps)})" if caps else ""
+    console.print(f"[bold]total[/bold]: {format_duration(plan.est_total_seconds)} (critical path, start-ups and "
+                  f"transfers included), ${plan.est_total_cost_usd:.2f}{extra}; "
+                  f"{len(plan.cloud_groups())} cloud cluster(s)")
+    for problem in plan.problems:
+        console.print(f"[red]problem[/red]: {problem}")
+
+
+@click.command("plan")
+@click.argument("pipeline_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--policy", type=click.Choice(POLICY_NAMES), help="Override the pipeline's policy.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--profile-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Plan for the machine described in this Profile JSON instead of this one.")
+def plan(pipeline_file: Path, policy: str | None, as_json: bool, profile_file: Path | None) -> None:
+    """Show where each stage would run, its estimated time and cost, and why."""
+    from orchestrator.loader import load_pipeline
+    from orchestrator.planner import make_plan, require_feasible
+    from orchestrator.store import Store
+
+    pipeline = load_pipeline(pipeline_file)
+    store = Store()
+    try:
+        if profile_file is not None:
+            profile = Profile.model_validate_json(profile_file.read_text(encoding="utf-8"))
+        else:
+            from orchestrator.profiler import get_profile
+
+            profile = get_profile(store, profile_file=None)
+        observations, output_gb = _history(store, pipeline, profile)
+    finally:
+        store.close()
+    result = make_plan(pipeline, profile, observations=observations, policy=policy, observed_output_gb=output_gb)
+    if as_json:
+        click.echo(result.model_dump_json(indent=2, exclude={"placements": {"__all__": {"offer"}}}))
+    else:
+        render(result, Console())
+    require_feasible(result)
+
+
+COMMANDS = [plan]
