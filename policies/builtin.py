@@ -19,7 +19,7 @@ from orchestrator.durations import format_duration
 from policies.base import StageEstimates
 from policies.model import Offer, Placement, Plan
 from policies.problem import Outcome, Problem
-from policies.search import optimise
+from policies.search import KeyFn, ScoreFn, optimise
 
 if TYPE_CHECKING:
     from orchestrator.profile import Profile
@@ -38,14 +38,25 @@ class ObjectivePolicy:
 
     def plan(self, pipeline: "Pipeline", profile: "Profile", offers: list[Offer],
              estimates: StageEstimates, budget: "Budget | None") -> Plan:
-        vot = self.value_of_time_usd_per_hour
-        if vot is None:
-            vot = pipeline.policy.value_of_time_usd_per_hour
-        cap = budget.max_usd if budget else None
-        deadline = pipeline.deadline
         pb = Problem(pipeline, offers, estimates)
-        vot_s = vot / 3600.0
+        cap = budget.max_usd if budget else None
+        key, score = self.objective_fns(pb, budget)
+        a, _ = optimise(pb, key, score, prefer_local=self.objective == "local-first")
+        out = pb.evaluate(a, detail=True)
+        return _build_plan(self, pb, a, out, estimates, cap, pb.pipeline.deadline, self.value_of_time(pipeline))
+
+    def value_of_time(self, pipeline: "Pipeline") -> float:
+        vot = self.value_of_time_usd_per_hour
+        return pipeline.policy.value_of_time_usd_per_hour if vot is None else vot
+
+    def objective_fns(self, pb: Problem, budget: "Budget | None") -> tuple[KeyFn, ScoreFn]:
+        """The policy's key over whole assignments and its score for one stage alone (also used
+        by bench/policy.py's exhaustive optimum)."""
+        cap = budget.max_usd if budget else None
+        deadline = pb.pipeline.deadline
+        vot_s = self.value_of_time(pb.pipeline) / 3600.0
         objective = self.objective
+        local_ok = [pb.local is not None and pb.local in pb.allowed[i] for i in range(pb.n)]
 
         def key(out: Outcome, a: list[int]) -> tuple:
             over = out.cost - cap if cap is not None else 0.0
@@ -57,8 +68,7 @@ class ObjectivePolicy:
                 return head + (round(out.seconds, 6), out.cost)
             balanced = out.cost + vot_s * out.seconds
             if objective == "local-first":
-                voluntary = sum(1 for i in range(pb.n) if not pb.is_local[a[i]] and pb.local in pb.run[i]
-                                and pb.local in pb.allowed[i])
+                voluntary = sum(1 for i in range(pb.n) if local_ok[i] and not pb.is_local[a[i]])
                 return head + (voluntary, balanced)
             return head + (balanced, out.seconds)
 
@@ -68,10 +78,7 @@ class ObjectivePolicy:
             def score(c: float, t: float) -> float: return t + 1e-9 * c
         else:
             def score(c: float, t: float) -> float: return c + vot_s * t
-
-        a, _ = optimise(pb, key, score, prefer_local=objective == "local-first")
-        out = pb.evaluate(a, detail=True)
-        return _build_plan(self, pb, a, out, estimates, cap, deadline, vot)
+        return key, score
 
 
 def _group_names(pb: Problem, out: Outcome) -> list[str]:
