@@ -104,7 +104,9 @@ def get_profile(
 
     if cached is None:
         settings = THOROUGH if thorough else QUICK
+        busy = _busy_note(inv)
         measured, notes = measure(inv.gpus, disk_dir=store.home, settings=settings, uploader=uploader)
+        notes = [*notes, busy] if busy else notes
         measured_at, source, was_thorough = now, "live", thorough
         dirty = True
     else:
@@ -128,6 +130,18 @@ def get_profile(
     if dirty:
         _write_cache(store, profile, inventory_notes=inv.notes)
     return profile
+
+
+def _busy_note(inv: Inventory) -> str | None:
+    """Figures measured on a busy machine are low and get cached for days: say so where it shows."""
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+    if load < 0.5 * inv.logical_cores:
+        return None
+    return (f"measured while busy (load average {load:.1f} on {inv.logical_cores} logical cores): figures may be "
+            f"low; run `lhorch profile --refresh` when the machine is idle")
 
 
 def _still_valid(cached: Profile, inv: Inventory, *, now: datetime, ttl: timedelta, thorough: bool) -> bool:

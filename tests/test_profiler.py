@@ -86,9 +86,13 @@ def fixed(inv: Inventory):
 # --- inventory ----------------------------------------------------------------------------------
 @pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="Linux /proc only")
 def test_inventory_agrees_with_proc_and_os(tmp_path):
+    def meminfo():
+        return {line.split(":")[0]: int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()}
+
+    before = meminfo()
     inv = take_inventory(tmp_path)
+    after = meminfo()
     cpuinfo = Path("/proc/cpuinfo").read_text()
-    meminfo = {line.split(":")[0]: int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()}
 
     assert inv.logical_cores == os.cpu_count() == cpuinfo.count("processor\t:")
     names = re.findall(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
@@ -98,9 +102,11 @@ def test_inventory_agrees_with_proc_and_os(tmp_path):
     if cores:
         assert inv.physical_cores == len(cores)
     assert 1 <= inv.physical_cores <= inv.logical_cores
-    assert inv.ram_total_gb == pytest.approx(meminfo["MemTotal"] / 1024**2, abs=0.01)
-    assert inv.swap_total_gb == pytest.approx(meminfo["SwapTotal"] / 1024**2, abs=0.01)
-    assert inv.ram_available_gb == pytest.approx(meminfo["MemAvailable"] / 1024**2, abs=1.0)
+    assert inv.ram_total_gb == pytest.approx(after["MemTotal"] / 1024**2, abs=0.01)
+    assert inv.swap_total_gb == pytest.approx(after["SwapTotal"] / 1024**2, abs=0.01)
+    # Other processes allocate meanwhile: the figure must lie between the readings around it.
+    low, high = sorted(m["MemAvailable"] / 1024**2 for m in (before, after))
+    assert low - 0.2 <= inv.ram_available_gb <= high + 0.2
     assert inv.disk_free_gb == pytest.approx(shutil.disk_usage(tmp_path).free / 1024**3, abs=1.0)
     assert inv.on_battery is None or isinstance(inv.on_battery, bool)
     # This session has a CPU-only torch and no driver: no GPU may be invented.
@@ -137,7 +143,8 @@ def test_real_benchmarks_give_plausible_figures(tmp_path):
     units = {k: m.unit for k, m in figures.items()}
     assert units["matmul_cpu_fp32"] == "GFLOP/s" and units["mem_bandwidth"] == "GB/s"
     assert units["disk_write"] == units["disk_read"] == units["upload"] == "MB/s"
-    assert 0.1 < figures["matmul_cpu_fp32"].value < 1e5  # a CPU between a toaster and a supercomputer node
+    # Units, not speed: a scale error (FLOP/s for GFLOP/s) lands far outside; a saturated shared CPU does not.
+    assert 1e-3 < figures["matmul_cpu_fp32"].value < 1e5
     assert all(m.value > 0 and m.method for m in figures.values())
     assert all(m.seconds > 0 for k, m in figures.items() if k != "upload")  # an in-memory put can round to 0
     assert "fsync" in figures["disk_write"].method
@@ -225,7 +232,7 @@ def test_measurements_are_cached_and_reused(store):
     assert len(measure.calls) == 1
     assert (first.source, second.source) == ("live", "cache")
     assert second.measured == first.measured and second.measured_at == first.measured_at == T0
-    assert second.notes == ["measured 1"]
+    assert "measured 1" in second.notes
     assert second.load.at == T0 + timedelta(hours=5)  # load is always live
     assert cached_profiles(store) == [(BOX.fingerprint, T0)]
 
