@@ -18,7 +18,7 @@ Key = tuple
 KeyFn = Callable[[Outcome, list[int]], Key]
 ScoreFn = Callable[[float, float], float]  # standalone (cost, seconds) -> smaller is better
 
-MAX_STAGE_EVALUATIONS = 150_000
+MAX_STAGE_EVALUATIONS = 30_000
 CLOUD_OPTIONS_PER_STAGE = 5
 POPULAR_OFFERS = 3
 
@@ -112,7 +112,7 @@ def _component(pb: Problem, a: list[int], i: int) -> list[int]:
 
 def optimise(pb: Problem, key: KeyFn, score: ScoreFn, prefer_local: bool = False) -> tuple[list[int], Outcome]:
     options = candidate_options(pb, score)
-    budget = max(20, MAX_STAGE_EVALUATIONS // max(pb.n, 1))
+    budget = max(12, MAX_STAGE_EVALUATIONS // max(pb.n, 1))
     evals = 0
 
     def judge(a: list[int]) -> tuple[Key, Outcome]:
