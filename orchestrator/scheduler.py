@@ -160,6 +160,7 @@ class _Active:
     fire_at: datetime
     handle: RunHandle
     pipeline: Pipeline | None
+    detail: str | None = None
     stopped_by_us: bool = False
 
 
@@ -314,7 +315,7 @@ class Scheduler:
             log.error("schedule %s: could not start a run: %s", s.name, message)
             self._notify(s.name, pipeline, "failed", f"could not start: {message}", None)
             return
-        self.active[s.name] = _Active(s.name, row_id, fire_at, handle, pipeline)
+        self.active[s.name] = _Active(s.name, row_id, fire_at, handle, pipeline, detail)
         log.info("schedule %s: started run for %s (pid %s)", s.name, iso(fire_at), handle.pid)
 
     # --- finishing ------------------------------------------------------------------------------
@@ -333,6 +334,7 @@ class Scheduler:
             status, detail = "interrupted", "stopped by the scheduler's shutdown"
         elif result.status == "succeeded" and act.pipeline and act.pipeline.schedule and act.pipeline.schedule.promote:
             status, detail = self._gate(act.pipeline, result.run_id)
+        detail = detail if detail is not None else act.detail
         sch.update_schedule_run(self.store, act.row_id, status=status, run_id=result.run_id, detail=detail,
                                 finished_at=self.clock.now())
         log.info("schedule %s: run %s %s%s", act.schedule, result.run_id or "-", status, f" ({detail})" if detail else "")
