@@ -247,16 +247,13 @@ class Runner:
     # --- the loop -----------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
-            progressed = self._schedule_ready()
             self._poll_running()
+            progressed = self._schedule_ready()
             if all(self.state[s] in TERMINAL for s in self.order):
                 return
-            if not self.running and not progressed and not self._any_ready():
+            if not self.running and not progressed:
                 return  # nothing runs and nothing can start: the rest is blocked
             time.sleep(POLL_S)
-
-    def _any_ready(self) -> bool:
-        return any(self._ready(s) for s in self.order)
 
     def _ready(self, stage: str) -> bool:
         return self.state[stage] == "waiting" and all(self.state[n] in DONE for n in self.pipeline.stages[stage].needs)
