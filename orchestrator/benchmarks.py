@@ -282,6 +282,26 @@ def upload_bandwidth(uploader: Uploader, *, mb: int = 4, clock: Callable[[], flo
                        method=f"one put of {mb} MB to {uploader.name} after a 1 KB warm-up put")
 
 
+def try_upload_bandwidth(uploader: Uploader, *, mb: int) -> tuple[Measurement | None, str]:
+    """``upload_bandwidth``, or (None, a note) when the endpoint fails: an unreachable bucket or
+    missing credentials must not stop the machine from being profiled."""
+    try:
+        return upload_bandwidth(uploader, mb=mb), ""
+    except Exception as exc:  # any client's errors (botocore, OSError, ...): reported, not raised
+        return None, f"upload not measured: {uploader.name}: {type(exc).__name__}: {str(exc)[:160]}"
+
+
+def _release_device_memory(gpu: GpuInfo) -> None:
+    """Give the benchmark tensors back to the driver: the caching allocator would otherwise keep
+    them reserved in this (planner) process while stages need the GPU."""
+    import torch
+
+    if gpu.backend == "mps":
+        torch.mps.empty_cache()
+    else:
+        torch.cuda.empty_cache()
+
+
 # --- everything ---------------------------------------------------------------------------------
 def measure_all(gpus: list[GpuInfo] | tuple[GpuInfo, ...], *, disk_dir: Path, settings: BenchSettings = QUICK,
                 uploader: Uploader | None = None) -> tuple[dict[str, Measurement], list[str]]:
@@ -317,10 +337,15 @@ def measure_all(gpus: list[GpuInfo] | tuple[GpuInfo, ...], *, disk_dir: Path, se
         figures[f"mem_bandwidth_{key}"] = copy_bandwidth(device, **copy)
         if gpu.backend != "mps":  # unified memory: there is no host-to-device link to measure
             figures[f"h2d_{key}"] = copy_bandwidth(device, source="cpu", **copy)
+        _release_device_memory(gpu)
 
     figures["disk_write"], figures["disk_read"] = disk_throughput(disk_dir, mib=s.disk_mib, seconds=s.disk_seconds)
     if uploader is not None:
-        figures["upload"] = upload_bandwidth(uploader, mb=s.upload_mb)
+        upload, note = try_upload_bandwidth(uploader, mb=s.upload_mb)
+        if upload is not None:
+            figures["upload"] = upload
+        else:
+            notes.append(note)
     for m in figures.values():
         if not math.isfinite(m.value) or m.value <= 0:
             raise RuntimeError(f"benchmark produced an impossible figure: {m}")

@@ -27,7 +27,7 @@ from typing import Callable, Mapping, Protocol
 
 from pydantic import ValidationError
 
-from orchestrator.benchmarks import QUICK, THOROUGH, BenchSettings, Uploader, measure_all, upload_bandwidth
+from orchestrator.benchmarks import QUICK, THOROUGH, BenchSettings, Uploader, measure_all, try_upload_bandwidth
 from orchestrator.errors import UsageError
 from orchestrator.inventory import Inventory, current_load, fingerprint, take_inventory
 from orchestrator.profile import GpuInfo, Measurement, Profile
@@ -112,9 +112,14 @@ def get_profile(
     else:
         measured, notes = dict(cached.measured), list(cached.notes)
         measured_at, source, was_thorough = cached.measured_at, "cache", cached.thorough
-        dirty = uploader is not None and "upload" not in measured
-        if dirty:  # the first time a cloud endpoint is given: measure just that and keep it
-            measured["upload"] = upload_bandwidth(uploader, mb=(THOROUGH if thorough else QUICK).upload_mb)
+        dirty = False
+        if uploader is not None and "upload" not in measured:
+            # The first time a cloud endpoint is given: measure just that and keep it.
+            upload, note = try_upload_bandwidth(uploader, mb=(THOROUGH if thorough else QUICK).upload_mb)
+            if upload is not None:
+                measured["upload"], dirty = upload, True
+            else:
+                notes.append(note)
 
     profile = Profile(
         hostname=inv.hostname, os=inv.os, cpu_model=inv.cpu_model,

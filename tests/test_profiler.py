@@ -62,11 +62,14 @@ class MemoryUploader:
 
     name = "memory://test"
 
-    def __init__(self):
+    def __init__(self, fail: bool = False):
         self.objects: dict[str, bytes] = {}
         self.puts = 0
+        self.fail = fail
 
     def put(self, key, data):
+        if self.fail:
+            raise ConnectionError("endpoint unreachable")
         self.puts += 1
         self.objects[key] = data
 
@@ -355,3 +358,16 @@ def test_cli_profile_reports_a_bad_file_in_one_line_with_a_hint(cli, tmp_path):
     result = cli("profile", "--file", str(tmp_path / "missing.json"))
     assert result.exit_code == 2
     assert "error: cannot read profile file" in result.output and "hint:" in result.output
+
+
+def test_an_unreachable_upload_endpoint_is_a_note_not_a_failure(store):
+    measure, clock = CountingMeasure(), Clock()
+    get_profile(store, clock=clock, measure=measure, inventory=fixed(BOX), cpu_interval=0)
+    broken = get_profile(store, clock=clock, measure=measure, inventory=fixed(BOX), cpu_interval=0,
+                         uploader=MemoryUploader(fail=True))
+    assert "upload" not in broken.measured
+    assert any("upload not measured" in n and "endpoint unreachable" in n for n in broken.notes)
+    healed = get_profile(store, clock=clock, measure=measure, inventory=fixed(BOX), cpu_interval=0,
+                         uploader=MemoryUploader())
+    assert "upload" in healed.measured and not any("upload not measured" in n for n in healed.notes)
+    assert len(measure.calls) == 1
