@@ -31,7 +31,19 @@ class JobInfo:
 JOBS: dict[str, JobInfo] = {
     job.name: job
     for job in [
-        JobInfo("jobs.preprocess", p.PreprocessParams, ("dataset",), "Clean, normalise and split a data set."),
+        JobInfo("jobs.preprocess", p.PreprocessParams, ("dataset",),
+                "Clean, split (stratified, seeded), augment and normalise digits or your CSV/NPZ."),
+        JobInfo("jobs.pretrain", p.PretrainParams, ("checkpoint",),
+                "Pretrain an MLP backbone on a subset of the classes (pretext task)."),
+        JobInfo("jobs.finetune", p.FinetuneParams, ("model", "history", "checkpoints"),
+                "Transfer learning on Ray Train: new head, optional frozen backbone, AMP, accumulation, resume.",
+                distributed=True),
+        JobInfo("jobs.distill", p.DistillParams, ("model", "report"),
+                "Distil a smaller student from the teacher `model` on softened outputs."),
+        JobInfo("jobs.compress", p.CompressParams, ("model", "report"),
+                "Magnitude pruning and dynamic int8 quantization; size, latency and accuracy before/after."),
+        JobInfo("jobs.evaluate", p.EvaluateParams, ("metrics",),
+                "Accuracy, macro precision/recall/F1 and confusion matrix on the test split, with a plot."),
     ]
 }
 

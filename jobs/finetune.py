@@ -1,0 +1,119 @@
+"""jobs.finetune: transfer learning from a pretrained backbone, on Ray Train.
+
+Starts from input `checkpoint` (jobs.pretrain) or the file in `init_checkpoint`, gives the model a new
+head for the dataset's classes, optionally trains the head alone for `freeze_epochs`, then everything.
+Mixed precision, gradient accumulation, step checkpoints and resume live in jobs/finetune_loop.py.
+
+With `engine: ray` (default) the loop runs under Ray Train's TorchTrainer: one worker on a laptop, N
+data-parallel workers on a cluster. Run by lhorch the job is a Ray Jobs driver (RAY_ADDRESS is set)
+and attaches to that cluster; run by hand it starts a private local Ray and stops it afterwards.
+Outputs: `model` (model.pt), `history` (history.json per epoch, run.json), and `checkpoints/`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from jobs.cli import coerce, main
+from jobs.context import StageContext
+from jobs.device import stage_resources
+from jobs.finetune_loop import LocalSession, train_worker
+from jobs.models import MODEL_FILE, model_file
+from jobs.params import FinetuneParams
+
+
+def _init_file(p: FinetuneParams, ctx: StageContext) -> Path:
+    if p.init_checkpoint:
+        return model_file(Path(p.init_checkpoint)).resolve()
+    return model_file(ctx.input("checkpoint")).resolve()
+
+
+def _quiet_without_dashboard() -> None:
+    # Train V2's placement-group cleaner asks the state API, served by the dashboard, whether the
+    # controller is alive; without a dashboard it warns on every poll. Cleanup still happens on
+    # ray.shutdown(), so in a private cluster those warnings are only noise.
+    import logging
+
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+
+def _ray_worker(cfg: dict) -> None:
+    # Module-level so Ray pickles it by reference; the worker imports jobs.finetune_loop itself.
+    train_worker(cfg)
+
+
+def _fit_with_ray(cfg: dict, p: FinetuneParams, out: Path, cpus: float, use_gpu: bool) -> dict:
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cpus_per_worker = max(1, int(cpus // p.num_workers))
+    cfg = {**cfg, "threads": cpus_per_worker}
+    started_here = False
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init()  # a Ray Jobs driver: attach to the cluster that runs us
+        else:
+            # A private cluster on this machine: nothing to preempt, so skip Train's preemption watcher
+            # actor (one process fewer to start on a small laptop).
+            os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+            ray.init(num_cpus=max(int(cpus), cpus_per_worker * p.num_workers), include_dashboard=False,
+                     runtime_env={"worker_process_setup_hook": "jobs.finetune._quiet_without_dashboard"})
+            started_here = True
+    try:
+        trainer = TorchTrainer(
+            _ray_worker,
+            train_loop_config=cfg,
+            scaling_config=ScalingConfig(num_workers=p.num_workers, use_gpu=use_gpu,
+                                         resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
+            run_config=RunConfig(storage_path=str((out / "ray_train").resolve()), name="finetune"),
+        )
+        result = trainer.fit()
+    finally:
+        if started_here:
+            ray.shutdown()
+    # Rank 0 may have run on another node: then the model reaches us only through Ray Train's storage.
+    if not (out / "model" / MODEL_FILE).exists() and result.checkpoint is not None:
+        with result.checkpoint.as_directory() as d:
+            shutil.copytree(d, out / "model", dirs_exist_ok=True)
+    return json.loads((out / "history" / "run.json").read_text())
+
+
+def run(params: FinetuneParams | dict | None, ctx: StageContext) -> dict:
+    p = coerce(FinetuneParams, params)
+    out = ctx.output_dir.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    res = stage_resources()
+    cfg = {"params": p.model_dump(), "dataset": str(ctx.input("dataset").resolve()),
+           "init_file": str(_init_file(p, ctx)), "output_dir": str(out), "threads": max(1, int(res.cpus))}
+    start = time.perf_counter()
+    if p.engine == "torch":
+        info = train_worker(cfg, LocalSession())
+    else:
+        use_gpu = res.gpus > 0 if os.environ.get("LHORCH_RESOURCES") else _cuda()
+        info = _fit_with_ray(cfg, p, out, res.cpus, use_gpu)
+    wall = time.perf_counter() - start
+    history = json.loads((out / "history" / "history.json").read_text())
+    timed = history[1:] or history  # the first epoch pays for warm-up (allocations, thread pools)
+    seconds = sum(h["seconds"] for h in timed)
+    samples = sum(h["samples_per_s"] * h["seconds"] for h in timed if h["samples_per_s"])
+    return {
+        "engine": p.engine, "workers": p.num_workers, "device": info.get("device"), "autocast": info.get("autocast"),
+        "steps": info["steps"], "stopped_early": info["stopped_early"], "epochs_done": len(history),
+        "val_acc": history[-1]["val_acc"] if history else None,
+        "train_samples_per_s": samples / seconds if seconds else None, "wall_s": wall,
+    }
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    main(FinetuneParams, run, "jobs.finetune", __doc__)
