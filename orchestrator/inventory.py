@@ -131,7 +131,11 @@ def _torch_gpus(torch) -> list[GpuInfo]:
     if torch is None or not torch.cuda.is_available():
         return []
     backend = "rocm" if getattr(torch.version, "hip", None) else "cuda"
-    driver = _nvml_driver_version() if backend == "cuda" else None
+    driver = None
+    if backend == "cuda":
+        driver = _nvml_driver_version()
+        if driver is None:  # no pynvml: the driver's own tool knows
+            driver = next((g.driver_version for g in _nvidia_smi_gpus()), None)
     gpus = []
     for i in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(i)
