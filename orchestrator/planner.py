@@ -6,6 +6,7 @@ Pure apart from reading the bundled AWS catalogue file; the CLI gathers the prof
 
 from __future__ import annotations
 
+import statistics
 from typing import Iterable
 
 from orchestrator.errors import BudgetError, InfeasibleError
@@ -77,3 +78,23 @@ def require_feasible(plan: Plan) -> Plan:
     if plan.problem_kind == "deadline":
         raise InfeasibleError(message, hint="Relax `deadline`, raise budget.max_usd, or allow more instance types.")
     raise InfeasibleError(message, hint="Lower the stage's `resources`, or configure a cloud (cloud.provider: aws) with a type that fits.")
+
+
+def history_observations(store, pipeline: Pipeline, profile: Profile) -> tuple[dict[str, dict[str, list[float]]], dict[str, float]]:
+    """Recorded seconds per stage and machine ("local" for this machine), and median output sizes."""
+    from orchestrator.history import observed
+
+    seconds: dict[str, dict[str, list[float]]] = {}
+    output_gb: dict[str, float] = {}
+    for name in pipeline.stages:
+        rows = observed(store, pipeline.name, name)
+        by_machine: dict[str, list[float]] = {}
+        for row in rows:
+            machine = "local" if row.machine in (profile.fingerprint, "local") else row.machine
+            by_machine.setdefault(machine, []).append(row.wall_seconds)
+        if by_machine:
+            seconds[name] = by_machine
+        sizes = [r.output_bytes for r in rows if r.output_bytes is not None]
+        if sizes:
+            output_gb[name] = statistics.median(sizes) / 1e9
+    return seconds, output_gb

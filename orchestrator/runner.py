@@ -312,7 +312,7 @@ class Runner:
         out_dir.mkdir(parents=True)
         attempt_id = self.store.start_attempt(self.run_id, stage, key, target.key, target.cluster.name)
         attempt = self.store.query("SELECT attempt FROM attempts WHERE id=?", (attempt_id,))[0]["attempt"]
-        env = self._stage_env(stage, inputs, out_dir)
+        env = self._stage_env(stage, inputs, out_dir, target.cluster)
         job_id = f"lhorch-{self.run_id}-{stage}-{attempt}"
         from jobs.registry import find_job
 
@@ -320,8 +320,9 @@ class Runner:
         cpus = 0.0 if job is not None and job.distributed else spec.resources.cpus
         gpus = 0.0 if job is not None and job.distributed else float(spec.resources.gpus)
         self.store.event(self.run_id, "stage", f"submit attempt {attempt}", stage=stage, job_id=job_id)
-        target.jobs.submit(submission_id=job_id, entrypoint=f"{sys.executable} -m orchestrator.stage_exec",
-                           env=env, cpus=cpus, gpus=gpus)
+        remote = target.cluster.remote
+        target.jobs.submit(submission_id=job_id, entrypoint=("python" if remote else sys.executable) + " -m orchestrator.stage_exec",
+                           env=env, cpus=cpus, gpus=gpus, working_dir=str(self.base_dir) if remote else None)
         self.store.finish_attempt(attempt_id, "running", job_id=job_id, finished_at=None)
         log_path = art.stage_dir(self.run_dir, stage) / f"attempt-{attempt}.log"
         self.running[stage] = _Running(stage, attempt_id, attempt, job_id, target.jobs, time.monotonic(), log_path)
@@ -338,7 +339,33 @@ class Runner:
                 return False
         return out.exists()
 
-    def _stage_env(self, stage: str, inputs: dict[str, Path], out_dir: Path) -> dict[str, str]:
+    def _stage_remote(self, stage: str, inputs: dict[str, Path], cluster: Cluster) -> dict:
+        """Send a remote stage's inputs up; say where they are and where its outputs go."""
+        from providers.transfer import artifact_uri, store_for_uri
+
+        base = cluster.details["artifacts"]
+        uris: dict[str, str] = {}
+        for ref in art.stage_inputs(self.pipeline, stage, self.run_dir, self.base_dir):
+            if ref.name not in inputs:
+                continue
+            path = inputs[ref.name]
+            where = ("stages", ref.producer, "outputs", ref.output) if ref.producer else ("external", stage, ref.name)
+            uri = artifact_uri(base, "runs", self.run_id, *where, folder=path.is_dir())
+            if uri not in uris.values():
+                self.store.event(self.run_id, "transfer", f"upload {ref.name}", stage=stage, uri=uri)
+                store_for_uri(uri).put(path, uri)
+            uris[ref.name] = uri
+        output_uri = artifact_uri(base, "runs", self.run_id, "stages", stage, "outputs", folder=True)
+        return {"inputs": uris, "output_uri": output_uri}
+
+    def _fetch_outputs(self, stage: str, cluster: Cluster, out_dir: Path) -> None:
+        from providers.transfer import artifact_uri, store_for_uri
+
+        uri = artifact_uri(cluster.details["artifacts"], "runs", self.run_id, "stages", stage, "outputs", folder=True)
+        self.store.event(self.run_id, "transfer", "download outputs", stage=stage, uri=uri)
+        store_for_uri(uri).get(uri, out_dir)
+
+    def _stage_env(self, stage: str, inputs: dict[str, Path], out_dir: Path, cluster: Cluster) -> dict[str, str]:
         spec = self.pipeline.stages[stage]
         env = {**self.pipeline.env, **spec.env}
         from jobs.context import StageContext, to_env
@@ -352,11 +379,13 @@ class Runner:
             "command": spec.run,
             "cwd": str(self.base_dir),
             "timeout": spec.timeout,
-            "remote": None,
+            "remote": self._stage_remote(stage, inputs, cluster) if cluster.remote else None,
         })
-        # Stages import lhorch's own packages (jobs, orchestrator.stage_exec) wherever they run from.
-        root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = root + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
+        if not cluster.remote:
+            # Local stages import this very checkout's packages (jobs, orchestrator.stage_exec);
+            # remote nodes have the same lhorch version installed by their bootstrap.
+            root = str(Path(__file__).resolve().parent.parent)
+            env["PYTHONPATH"] = root + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
         return env
 
     def _poll_running(self) -> None:
@@ -392,6 +421,9 @@ class Runner:
         stage = run.stage
         spec = self.pipeline.stages[stage]
         out_dir = art.output_dir(self.run_dir, stage)
+        cluster = self._target_of(stage).cluster
+        if status == "SUCCEEDED" and cluster is not None and cluster.remote:
+            self._fetch_outputs(stage, cluster, out_dir)
         usage = _read_usage(out_dir)
         exit_code = usage.get("exit_code")
         error = None

@@ -6,7 +6,6 @@ a stage fits nowhere or the deadline cannot be met. With --json the plan is prin
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 
 import click
@@ -19,26 +18,6 @@ from orchestrator.spec import Pipeline
 from policies.model import Plan
 
 POLICY_NAMES = ["local-first", "cheapest", "fastest", "balanced"]
-
-
-def _history(store, pipeline: Pipeline, profile: Profile) -> tuple[dict[str, dict[str, list[float]]], dict[str, float]]:
-    """Recorded seconds per stage and machine ("local" for this machine), and median output sizes."""
-    from orchestrator.history import observed
-
-    seconds: dict[str, dict[str, list[float]]] = {}
-    output_gb: dict[str, float] = {}
-    for name in pipeline.stages:
-        rows = observed(store, pipeline.name, name)
-        by_machine: dict[str, list[float]] = {}
-        for row in rows:
-            machine = "local" if row.machine in (profile.fingerprint, "local") else row.machine
-            by_machine.setdefault(machine, []).append(row.wall_seconds)
-        if by_machine:
-            seconds[name] = by_machine
-        sizes = [r.output_bytes for r in rows if r.output_bytes is not None]
-        if sizes:
-            output_gb[name] = statistics.median(sizes) / 1e9
-    return seconds, output_gb
 
 
 def render(plan: Plan, console: Console) -> None:
@@ -76,7 +55,7 @@ def render(plan: Plan, console: Console) -> None:
 def plan(pipeline_file: Path, policy: str | None, as_json: bool, profile_file: Path | None) -> None:
     """Show where each stage would run, its estimated time and cost, and why."""
     from orchestrator.loader import load_pipeline
-    from orchestrator.planner import make_plan, require_feasible
+    from orchestrator.planner import history_observations, make_plan, require_feasible
     from orchestrator.store import Store
 
     pipeline = load_pipeline(pipeline_file)
@@ -88,7 +67,7 @@ def plan(pipeline_file: Path, policy: str | None, as_json: bool, profile_file: P
             from orchestrator.profiler import get_profile
 
             profile = get_profile(store, profile_file=None)
-        observations, output_gb = _history(store, pipeline, profile)
+        observations, output_gb = history_observations(store, pipeline, profile)
     finally:
         store.close()
     result = make_plan(pipeline, profile, observations=observations, policy=policy, observed_output_gb=output_gb)
