@@ -118,6 +118,7 @@ def get_profile(
             upload, note = try_upload_bandwidth(uploader, mb=(THOROUGH if thorough else QUICK).upload_mb)
             if upload is not None:
                 measured["upload"], dirty = upload, True
+                notes = [n for n in notes if not n.startswith("upload not measured")]  # stale failure
             else:
                 notes.append(note)
 
