@@ -25,6 +25,7 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator import schedules as sch
+from orchestrator.artifacts import pipeline_fingerprint
 from orchestrator.cli import main
 from orchestrator.clock import FakeClock
 from orchestrator.errors import LhorchError
@@ -414,40 +415,49 @@ def test_real_scheduler_process_fires_runs_notifies_skips_and_stops_on_sigterm(h
     """
     f = write_pipeline(pipeline_text.format(command="exit 3"))
     assert cli("schedule", "add", str(f)).exit_code == 0
-    env = {**os.environ, "LHORCH_HOME": str(home), "LHORCH_TEST_WEBHOOK": url, "LHORCH_KEEP_RAY": "1"}
+    env = {**os.environ, "LHORCH_HOME": str(home), "LHORCH_TEST_WEBHOOK": url}
+    log_path = home.parent / "scheduler.log"
+    log_file = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-c", "from orchestrator.cli import main; main()", "scheduler",
-                             "--poll", "0.5", "--grace", "10"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                             "--poll", "0.5", "--grace", "10"], env=env, stdout=log_file, stderr=subprocess.STDOUT)
     try:
+        lock = home / "scheduler.lock"
+        _wait_for(lambda: lock.exists() and lock.read_text().strip() == str(proc.pid), 20, "the scheduler's lock")
         second = subprocess.run([sys.executable, "-c", "from orchestrator.cli import main; main()", "scheduler"],
                                 env=env, capture_output=True, text=True, timeout=30)
         assert second.returncode == 2 and "another scheduler is already running" in second.stderr
 
-        # 1. The failing run is fired by the schedule and the webhook hears about it.
-        _wait_for(lambda: handler.received, 45, "the failure webhook")
-        assert "nightly" in handler.received[0]["text"] and "failed" in handler.received[0]["text"]
-
-        # 2. Fix the pipeline: the next fire runs and succeeds; the one after finds nothing changed.
+        # 1. The schedule fires the failing pipeline. Once the run has read its file, fix the file, as if
+        # last night's run of the fixed pipeline had succeeded (recorded with the runner's own fingerprint,
+        # which saves a second Ray start), so every later fire finds nothing changed.
+        _wait_for(lambda: store.query("SELECT id FROM runs WHERE trigger='schedule:nightly'"), 60, "a scheduled run")
         f.write_text(textwrap.dedent(pipeline_text.format(command="echo trained")))
-        _wait_for(lambda: "succeeded" in _statuses_for(store), 30, "a succeeded scheduled run")
+        fixed = load_pipeline(f)
+        store.create_run("nightly-yesterday", fixed.name, fixed, str(f), trigger="schedule:nightly")
+        store.update_run("nightly-yesterday", status="succeeded", fingerprint=pipeline_fingerprint(fixed, f.parent))
+
+        # 2. The failure reaches the webhook; the next fire is skipped by the runner: inputs unchanged.
+        # A Ray start takes ~20 s on an idle 2-core machine, minutes on a loaded one: generous but bounded.
+        _wait_for(lambda: handler.received, 150, "the failure webhook")
+        assert "nightly" in handler.received[0]["text"] and "failed" in handler.received[0]["text"]
         _wait_for(lambda: any(r["detail"] == "inputs unchanged since the last successful run"
-                              for r in sch.schedule_runs(store, "nightly", 500)), 20, "a skipped unchanged run")
+                              for r in sch.schedule_runs(store, "nightly", 500)), 40, "a skipped unchanged run")
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            output, _ = proc.communicate(timeout=30)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-            output, _ = proc.communicate()
-        from providers.local import LocalProvider
-
-        LocalProvider(home, keep=True).release(force=True)
+            proc.wait()
+        log_file.close()
+    output = log_path.read_text()
     assert proc.returncode == 0, output
     assert "SIGTERM received, stopping" in output and "scheduler: stopped" in output
     assert url not in output and "SECRET-TOKEN" not in output
     runs = store.query("SELECT status, trigger FROM runs ORDER BY created_at")
     assert {r["trigger"] for r in runs} == {"schedule:nightly"}
     assert {"failed", "succeeded", "skipped"} <= {r["status"] for r in runs}
+    assert {"failed", "skipped"} <= set(_statuses_for(store))  # overlapping fires were skipped too
     assert not store.query("SELECT * FROM schedule_runs WHERE status IN ('running','queued')")
 
 
