@@ -154,7 +154,11 @@ class LocalProvider:
             args += ["--num-cpus", str(int(self.cpus) if float(self.cpus).is_integer() else self.cpus)]
         if self.gpus is not None:
             args += ["--num-gpus", str(self.gpus)]
-        env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
+        # Ray replaces --node-ip-address 127.0.0.1 by the machine's network address unless it
+        # believes it runs a single-machine cluster (ray/_private/services.py:get_node_ip_address);
+        # this setting keeps the GCS, raylet and object manager on loopback.
+        env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path),
+                   RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
         env.pop("RAY_ADDRESS", None)
         log = open(self.dir / "head.log", "ab")
         owner = 0 if self.keep else os.getpid()
