@@ -5,7 +5,6 @@ zone has no capacity"; the provider decides which candidates to offer.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import time
 from dataclasses import dataclass
@@ -175,7 +174,7 @@ def run_instance(ec2: Any, *, candidate: Candidate, image_id: str, root_device: 
     kwargs: dict[str, Any] = dict(
         ImageId=image_id, InstanceType=candidate.instance_type, MinCount=1, MaxCount=1, ClientToken=token,
         SubnetId=candidate.subnet["id"], SecurityGroupIds=[security_group],
-        UserData=base64.b64encode(user_data.encode()).decode(),
+        UserData=user_data,  # botocore base64-encodes it
         InstanceInitiatedShutdownBehavior="terminate",
         MetadataOptions={"HttpTokens": "required", "HttpPutResponseHopLimit": 1, "HttpEndpoint": "enabled",
                          "InstanceMetadataTags": "enabled"},

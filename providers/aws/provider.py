@@ -14,7 +14,7 @@ import secrets
 import socket
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from functools import cached_property
 from typing import Any, Callable
 
 from botocore.config import Config
@@ -68,13 +68,7 @@ class AwsProvider:
                  max_hours: float = 12.0):
         self.store = store
         self.region = region or session.region_name or "us-east-1"
-        cfg = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=60)
-        self.ec2 = session.client("ec2", region_name=self.region, config=cfg)
-        self.ssm = session.client("ssm", region_name=self.region, config=cfg)
-        self.iam = session.client("iam", region_name=self.region, config=cfg)
-        self.sts = session.client("sts", region_name=self.region, config=cfg)
-        self.s3 = session.client("s3", region_name=self.region, config=cfg)
-        pricing = session.client("pricing", region_name="us-east-1", config=cfg)
+        self.session = session
         self.connector: HeadConnector = connector or SsmPortForward()
         self.ip_lookup, self.probe = ip_lookup, probe
         self.instance_profile, self.create_instance_profile = instance_profile, create_instance_profile
@@ -89,11 +83,45 @@ class AwsProvider:
         self._versions = versions
         self._lhorch_requirement = lhorch_requirement
         self.max_hours = max_hours
-        self.prices = PriceSource(ec2=self.ec2, pricing=pricing, region=self.region,
-                                  cache=PriceCache(store.home / "cache" / "aws-prices.json", clock),
-                                  fallback=price_fallback)
+        self._price_fallback = price_fallback
         self._identity: dict[str, str] | None = None
         self._amis: dict[tuple[str, bool], tuple[str, str]] = {}
+        self._facts: dict[str, dict[str, Any]] = {}
+        self._prices_seen: dict[tuple[str, str], float] = {}
+
+    # Clients are made on first use (each costs ~0.1 s of model loading; `lhorch clusters` needs two).
+    def _client(self, service: str, region: str | None = None, config: Config | None = None) -> Any:
+        cfg = config or Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=60)
+        return self.session.client(service, region_name=region or self.region, config=cfg)
+
+    @cached_property
+    def ec2(self) -> Any:
+        return self._client("ec2")
+
+    @cached_property
+    def ssm(self) -> Any:
+        return self._client("ssm")
+
+    @cached_property
+    def iam(self) -> Any:
+        return self._client("iam")
+
+    @cached_property
+    def sts(self) -> Any:
+        return self._client("sts")
+
+    @cached_property
+    def s3(self) -> Any:
+        return self._client("s3")
+
+    @cached_property
+    def prices(self) -> PriceSource:
+        # The Price List API is optional (prices fall back to the catalogue): do not retry it long.
+        pricing = self._client("pricing", "us-east-1", Config(retries={"max_attempts": 1, "mode": "standard"},
+                                                              connect_timeout=5, read_timeout=20))
+        return PriceSource(ec2=self.ec2, pricing=pricing, region=self.region,
+                           cache=PriceCache(self.store.home / "cache" / "aws-prices.json", self.clock),
+                           fallback=self._price_fallback)
 
     @property
     def versions(self) -> dict[str, str]:
@@ -247,6 +275,7 @@ class AwsProvider:
         if self.instance_types:
             siblings = [t for t in siblings if t in self.instance_types]
         facts = ec2ops.instance_facts(self.ec2, [offer.instance_type, *siblings])
+        self._facts.update(facts)
         mine = facts.get(offer.instance_type)
         if mine:
             siblings = [t for t in siblings if t in facts and facts[t]["arch"] == mine["arch"]
@@ -257,16 +286,22 @@ class AwsProvider:
         return [Candidate(t, m, s) for t, m in order for s in subnets]
 
     def _price(self, offer: Offer, candidate: Candidate) -> float:
+        """The hourly price of a candidate: the offer's own, else live (cached), else the offer's."""
         if candidate.instance_type == offer.instance_type and candidate.market == offer.market:
             return offer.price_per_hour
-        try:
-            live = (self.prices.spot if candidate.market == "spot" else self.prices.on_demand)(candidate.instance_type)
-        except (ClientError, BotoCoreError):
-            live = None
-        return live[0] if live else offer.price_per_hour
+        key = (candidate.instance_type, candidate.market)
+        if key not in self._prices_seen:
+            try:
+                live = (self.prices.spot if candidate.market == "spot" else self.prices.on_demand)(candidate.instance_type)
+            except (ClientError, BotoCoreError):
+                live = None
+            self._prices_seen[key] = live[0] if live else offer.price_per_hour
+        return self._prices_seen[key]
 
     def _image(self, instance_type: str) -> tuple[str, str]:
-        facts = ec2ops.instance_facts(self.ec2, [instance_type]).get(instance_type, {"arch": "x86_64", "gpus": 0})
+        if instance_type not in self._facts:
+            self._facts.update(ec2ops.instance_facts(self.ec2, [instance_type]))
+        facts = self._facts.get(instance_type, {"arch": "x86_64", "gpus": 0})
         key = (facts["arch"], facts["gpus"] > 0)
         if self.ami:
             image = self.ec2.describe_images(ImageIds=[self.ami])["Images"][0]

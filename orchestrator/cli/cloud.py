@@ -1,0 +1,141 @@
+"""`lhorch clusters`, `lhorch down`, `lhorch gc`: see what is up in the cloud, and make sure nothing
+is left running. The provider is built from the standard AWS settings of the environment
+(AWS_PROFILE, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL ...); boto3 is imported only through
+providers.aws, only when one of these commands runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from datetime import datetime, timezone
+
+import click
+
+from orchestrator.errors import CloudError, UsageError
+from orchestrator.store import Store
+
+
+def _provider(store: Store, region: str | None = None):
+    try:
+        import boto3
+        from botocore.exceptions import NoCredentialsError, NoRegionError  # noqa: F401
+
+        from providers.aws.provider import AwsProvider
+    except ImportError as exc:  # pragma: no cover - boto3 is a dependency
+        raise CloudError(f"the AWS provider is not available: {exc}", hint="pip install boto3") from exc
+    session = boto3.Session(region_name=region) if region else boto3.Session()
+    if not (region or session.region_name):
+        raise UsageError("no AWS region configured", hint="Set AWS_DEFAULT_REGION or a region in your AWS profile.")
+    if session.get_credentials() is None:
+        raise CloudError("no AWS credentials found", hint="Run `aws configure` or set AWS_PROFILE.")
+    return AwsProvider(session, store=store, ip_lookup=None, create_instance_profile=False)
+
+
+def _regions(store: Store, default: str) -> list[str]:
+    """The configured region plus every region lhorch recorded a still-open resource in."""
+    from providers.aws import records
+
+    regions = {default} | {r["details"].get("region") for r in records.open_rows(store)}
+    return sorted(r for r in regions if r)
+
+
+def _aws_call(fn):
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return fn()
+    except (ClientError, BotoCoreError) as exc:
+        raise CloudError(f"AWS: {exc}", hint="Check your credentials and region (`aws sts get-caller-identity`).") from exc
+
+
+def live_runs(store: Store) -> set[str]:
+    """Runs that may still be using their clusters: status running, and on this host their process
+    is alive (another host's runs are assumed alive; their clusters still expire on their own)."""
+    here = socket.gethostname()
+    live = set()
+    for row in store.query("SELECT id, pid, host FROM runs WHERE status='running'"):
+        if row["host"] != here:
+            live.add(row["id"])
+            continue
+        try:
+            os.kill(int(row["pid"] or 0), 0) if row["pid"] else None
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            pass  # alive, owned by someone else
+        if row["pid"]:
+            live.add(row["id"])
+    return live
+
+
+@click.command("clusters")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def clusters_cmd(as_json: bool) -> None:
+    """What lhorch has running in the cloud now, and what it costs per hour."""
+    store = Store()
+    provider = _provider(store)
+    found = []
+    for region in _regions(store, provider.region):
+        p = provider if region == provider.region else _provider(store, region)
+        found += _aws_call(p.clusters)
+    if as_json:
+        click.echo(json.dumps([c.model_dump(mode="json", exclude={"token"}) for c in found], indent=2))
+        return
+    if not found:
+        click.echo("Nothing running: no lhorch clusters in " + ", ".join(_regions(store, provider.region)) + ".")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("run", "group", "region", "instances", "types", "$/hour", "up since", "expires")
+    for c in found:
+        table.add_row(c.run_id, c.details.get("group", ""), c.details.get("region", ""), str(len(c.instance_ids)),
+                      c.details.get("instance_types", ""), f"{c.price_per_hour:.3f}",
+                      c.launched_at.strftime("%Y-%m-%d %H:%M") if c.launched_at else "",
+                      c.expires_at.strftime("%Y-%m-%d %H:%M") if c.expires_at else "")
+    Console().print(table)
+    click.echo(f"Total: ${sum(c.price_per_hour for c in found):.3f}/hour")
+
+
+@click.command("down")
+@click.argument("run", required=False)
+def down_cmd(run: str | None) -> None:
+    """Release the clusters of RUN, or every lhorch cluster when RUN is omitted."""
+    store = Store()
+    provider = _provider(store)
+    for region in _regions(store, provider.region):
+        p = provider if region == provider.region else _provider(store, region)
+        if run:
+            row = store.get_run(run)
+            run_id = row["id"] if row else run
+            runs = [run_id]
+        else:
+            runs = sorted({c.run_id for c in _aws_call(p.clusters)})
+        for run_id in runs:
+            names = _aws_call(lambda: p.release_run(run_id))
+            for name in names:
+                click.echo(f"released {name} ({region})")
+    click.echo("Done. `lhorch clusters` shows what is still up.")
+
+
+@click.command("gc")
+@click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
+def gc_cmd(dry_run: bool) -> None:
+    """Delete every lhorch-tagged instance, security group, key pair and token parameter that is
+    past its expiry or whose run is no longer live on this host."""
+    store = Store()
+    provider = _provider(store)
+    live = live_runs(store)
+    now = datetime.now(timezone.utc)
+    total = 0
+    for region in _regions(store, provider.region):
+        p = provider if region == provider.region else _provider(store, region)
+        for line in _aws_call(lambda: p.sweep(now, live, dry_run=dry_run)):
+            total += 1
+            click.echo(f"{'would delete' if dry_run else 'deleted'} {line} [{region}]")
+    if not total:
+        click.echo("Nothing to collect.")
+
+
+COMMANDS = [clusters_cmd, down_cmd, gc_cmd]

@@ -1,0 +1,133 @@
+"""The user-data script: it parses, pins the local versions, never carries the token, arms the
+hard stop and the dead-man switch before anything else, and the switch really fires (run here
+against a stand-in metadata service with a harmless shutdown command)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from providers.aws.bootstrap import BootstrapSpec, docs_block, render_user_data, watchdog_script
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def spec(**kw) -> BootstrapSpec:
+    args = dict(cluster="lhorch-r-g", role="head", region="eu-west-1", token_parameter="/lhorch/r/g/ray-token",
+                expires_at=datetime(2030, 1, 1, tzinfo=timezone.utc), idle_minutes=7, python="3.11",
+                ray_version="2.60.0", lhorch_requirement="lhorch==0.1.0")
+    args.update(kw)
+    return BootstrapSpec(**args)
+
+
+@pytest.mark.parametrize("role,head_ip", [("head", None), ("worker", "10.0.0.5")])
+def test_user_data_parses_pins_and_arms_switches_first(tmp_path, role, head_ip):
+    script = render_user_data(spec(role=role, head_ip=head_ip))
+    path = tmp_path / "ud.sh"
+    path.write_text(script)
+    subprocess.run(["bash", "-n", str(path)], check=True)
+    assert "'ray[default]==2.60.0'" in script and "lhorch==0.1.0" in script and "python3.11" in script
+    assert "export RAY_AUTH_MODE=token" in script and "--with-decryption" in script
+    assert "EXPIRES_EPOCH=1893456000" in script and 'shutdown -h +"$MINUTES"' in script
+    assert "Environment=LHORCH_IDLE_SECONDS=420" in script
+    # Both safety nets come before the first thing that can fail.
+    assert script.index("shutdown -h +") < script.index("lhorch-watchdog.service") < script.index("pip install")
+    if role == "head":
+        assert "ray start --head" in script and "--dashboard-host 0.0.0.0" in script
+    else:
+        assert "--address 10.0.0.5:6379" in script
+
+
+def test_docs_show_the_generated_script():
+    assert docs_block() in (ROOT / "docs" / "cloud.md").read_text(), (
+        "docs/cloud.md is stale: run `python -m providers.aws.bootstrap --write-docs docs/cloud.md`")
+
+
+class FakeImds:
+    """IMDSv2 stand-in: a token for PUT /latest/api/token, the heartbeat tag only with that token."""
+
+    def __init__(self, heartbeat):
+        self.heartbeat = heartbeat
+
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_PUT(self):  # noqa: N802
+                self._send(200, b"imds-token" if self.path == "/latest/api/token" else b"")
+
+            def do_GET(self):  # noqa: N802
+                if self.headers.get("X-aws-ec2-metadata-token") != "imds-token":
+                    return self._send(401, b"")
+                if self.path == "/latest/meta-data/tags/instance/lhorch:heartbeat":
+                    return self._send(200, outer.heartbeat().encode())
+                self._send(404, b"")
+
+            def _send(self, code, body):
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def start_watchdog(tmp_path, imds, idle=1, expires_in=3600):
+    script = tmp_path / "watchdog.sh"
+    script.write_text(watchdog_script())
+    marker = tmp_path / "shutdown-called"
+    env = {**os.environ, "LHORCH_IMDS": imds.url, "LHORCH_IDLE_SECONDS": str(idle), "LHORCH_CHECK_SECONDS": "0.2",
+           "LHORCH_EXPIRES_EPOCH": str(int(time.time()) + expires_in), "LHORCH_SHUTDOWN_CMD": f"touch {marker}"}
+    return subprocess.Popen(["bash", str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT), marker
+
+
+def iso(dt):
+    return dt.replace(microsecond=0).isoformat()
+
+
+def test_dead_man_switch_fires_without_check_ins(tmp_path):
+    stale = iso(datetime.now(timezone.utc) - timedelta(hours=1))
+    imds = FakeImds(lambda: stale)
+    proc, marker = start_watchdog(tmp_path, imds, idle=1)
+    try:
+        out, _ = proc.communicate(timeout=15)
+    finally:
+        imds.close()
+    assert marker.exists() and b"no check-in" in out
+
+
+def test_dead_man_switch_fires_at_hard_stop_even_with_check_ins(tmp_path):
+    imds = FakeImds(lambda: iso(datetime.now(timezone.utc)))
+    proc, marker = start_watchdog(tmp_path, imds, idle=600, expires_in=-1)
+    try:
+        out, _ = proc.communicate(timeout=15)
+    finally:
+        imds.close()
+    assert marker.exists() and b"hard stop" in out
+
+
+def test_dead_man_switch_holds_while_lhorch_checks_in(tmp_path):
+    imds = FakeImds(lambda: iso(datetime.now(timezone.utc)))
+    proc, marker = start_watchdog(tmp_path, imds, idle=2)
+    try:
+        time.sleep(3.5)  # longer than idle: only the check-ins keep it alive
+        assert proc.poll() is None and not marker.exists()
+    finally:
+        proc.kill()
+        proc.wait()
+        imds.close()
