@@ -238,7 +238,11 @@ class Scheduler:
 
     def _check(self, s: sch.ScheduleRow) -> None:
         now = self.clock.now()
-        due = sch.fires_between(s.cron, s.timezone, s.last_fire_at or s.created_at, now)
+        since = s.last_fire_at or s.created_at
+        try:
+            due = sch.fires_between(s.cron, s.timezone, since, now)
+        except RuntimeError:  # a frequent schedule after a long sleep: look at the last hour only
+            due = sch.fires_between(s.cron, s.timezone, max(since, now - timedelta(hours=1)), now)
         if not due:
             return
         sch.set_last_fire(self.store, s.name, due[-1])

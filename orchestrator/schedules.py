@@ -116,14 +116,12 @@ def next_fires(cron: str, tz: str, after: datetime, n: int = 5) -> list[datetime
 
 
 def fires_between(cron: str, tz: str, after: datetime, until: datetime, limit: int = 10_000) -> list[datetime]:
-    """Fire instants in (after, until], at most ``limit`` (the latest ones are kept)."""
+    """Fire instants in (after, until]; RuntimeError when there are more than ``limit``."""
     out: list[datetime] = []
-    for t in iter_fires(cron, tz, after):
+    for t in iter_fires(cron, tz, after, max_steps=limit + 10):
         if t > until:
             break
         out.append(t)
-        if len(out) > limit:
-            out.pop(0)
     return out
 
 

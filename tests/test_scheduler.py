@@ -162,6 +162,14 @@ def test_catch_up_once_after_three_days_asleep(store, write_pipeline):
     assert launcher.requests[0].fire_at == datetime(2024, 6, 4, 0, 0, tzinfo=UTC)  # the latest missed night
 
 
+def test_a_per_second_schedule_after_a_week_asleep_fires_once_quickly(store, write_pipeline):
+    clock, launcher, sched = _setup(store, write_pipeline, '{cron: "*/5 * * * * *"}', datetime(2024, 6, 1, tzinfo=UTC))
+    clock.advance(days=7)
+    started = time.monotonic()
+    sched.tick()
+    assert len(launcher.requests) == 1 and time.monotonic() - started < 5
+
+
 def test_catch_up_skip_runs_nothing(store, write_pipeline):
     clock, launcher, sched = _setup(store, write_pipeline, '{cron: "0 2 * * *", timezone: Europe/Berlin, catchup: skip}',
                                     datetime(2024, 6, 1, 12, tzinfo=UTC))
