@@ -98,6 +98,15 @@ def _print_summary(store: Store, run_id: str) -> None:
     row = store.get_run(run_id)
     colour = {"succeeded": "green", "skipped": "cyan"}.get(row["status"], "red")
     out.print(f"Run [bold]{run_id}[/]: [{colour}]{row['status']}[/]" + (f" — {row['error']}" if row["error"] else ""))
+    for artifact in store.artifacts(run_id):
+        if artifact["name"] != "metrics":
+            continue
+        try:
+            metrics = json.loads((Path(artifact["path"]) / "metrics.json").read_text())
+        except (OSError, ValueError):
+            continue
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        out.print(f"Metrics ({artifact['stage']}): {shown}")
     out.print(f"Outputs: {store.runs_dir(run_id)}")
 
 
