@@ -305,11 +305,8 @@ class Runner:
         target = self._acquire(self._target_of(stage))
         self.attempt_no[stage] += 1
         out_dir = art.output_dir(self.run_dir, stage)
-        if out_dir.exists():
-            import shutil
-
-            shutil.rmtree(out_dir)  # a failed or interrupted attempt's partial outputs
-        out_dir.mkdir(parents=True)
+        _clear_partial_outputs(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
         attempt_id = self.store.start_attempt(self.run_id, stage, key, target.key, target.cluster.name)
         attempt = self.store.query("SELECT attempt FROM attempts WHERE id=?", (attempt_id,))[0]["attempt"]
         env = self._stage_env(stage, inputs, out_dir, target.cluster)
@@ -503,3 +500,22 @@ def _read_usage(out_dir: Path) -> dict:
         return json.loads((out_dir / USAGE_FILE).read_text())
     except (OSError, ValueError):
         return {}
+
+
+# A retried or resumed attempt continues from the step checkpoints its predecessor left here.
+KEEP_ACROSS_ATTEMPTS = {"checkpoints"}
+
+
+def _clear_partial_outputs(out_dir: Path) -> None:
+    """Remove what a failed or interrupted attempt left, except its checkpoints."""
+    import shutil
+
+    if not out_dir.exists():
+        return
+    for entry in out_dir.iterdir():
+        if entry.name in KEEP_ACROSS_ATTEMPTS:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
