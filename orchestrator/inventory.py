@@ -15,12 +15,14 @@ GPU discovery, in order:
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import platform
 import shutil
 import socket
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -119,12 +121,32 @@ def physical_cores(cpuinfo: str | None = None) -> int:
 
 
 # --- GPUs ---------------------------------------------------------------------------------------
+def _accelerator_possible() -> bool:
+    """Whether this machine could have a GPU torch can use. Importing torch costs ~1.5 s, which every
+    `lhorch run` would pay for nothing on a machine with no GPU driver at all."""
+    if sys.platform == "darwin":
+        return True  # Apple MPS
+    return any(Path(p).exists() for p in ("/proc/driver/nvidia", "/dev/nvidia0", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")) \
+        or shutil.which("nvidia-smi") is not None
+
+
 def _torch():
+    if not _accelerator_possible():
+        return None
     try:
         import torch
     except ImportError:  # lhorch depends on torch, but the profiler must still describe the machine
         return None
     return torch
+
+
+def _torch_version(torch) -> str | None:
+    if torch is not None:
+        return torch.__version__
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _torch_gpus(torch) -> list[GpuInfo]:
@@ -304,7 +326,7 @@ def take_inventory(home: Path) -> Inventory:
         mps=mps,
         on_battery=None if battery is None else not battery.power_plugged,
         battery_percent=None if battery is None else round(battery.percent, 1),
-        torch_version=None if torch is None else torch.__version__,
+        torch_version=_torch_version(torch),
         notes=tuple(notes),
     )
 
