@@ -266,3 +266,8 @@ def ensure_bucket(client: Any, bucket: str, region: str, *, prefix: str = "lhorc
     client.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [
         {"Key": k, "Value": v} for k, v in {**(tags or {}), "lhorch:managed": "true"}.items()]})
     return True
+
+
+def default_bucket_name(account: str, region: str) -> str:
+    """The bucket lhorch creates when ``cloud.bucket`` is unset: one per account and region."""
+    return f"lhorch-{account}-{region}"
