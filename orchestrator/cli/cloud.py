@@ -12,24 +12,13 @@ from datetime import datetime, timezone
 
 import click
 
-from orchestrator.errors import CloudError, UsageError
 from orchestrator.store import Store
 
 
 def _provider(store: Store, region: str | None = None):
-    try:
-        import boto3
-        from botocore.exceptions import NoCredentialsError, NoRegionError  # noqa: F401
+    from providers.aws.provider import AwsProvider  # imports boto3; only when a cloud command runs
 
-        from providers.aws.provider import AwsProvider
-    except ImportError as exc:  # pragma: no cover - boto3 is a dependency
-        raise CloudError(f"the AWS provider is not available: {exc}", hint="pip install boto3") from exc
-    session = boto3.Session(region_name=region) if region else boto3.Session()
-    if not (region or session.region_name):
-        raise UsageError("no AWS region configured", hint="Set AWS_DEFAULT_REGION or a region in your AWS profile.")
-    if session.get_credentials() is None:
-        raise CloudError("no AWS credentials found", hint="Run `aws configure` or set AWS_PROFILE.")
-    return AwsProvider(session, store=store, ip_lookup=None, create_instance_profile=False)
+    return AwsProvider.from_environment(store, region)
 
 
 def _regions(store: Store, default: str) -> list[str]:
@@ -41,12 +30,10 @@ def _regions(store: Store, default: str) -> list[str]:
 
 
 def _aws_call(fn):
-    from botocore.exceptions import BotoCoreError, ClientError
+    from providers.aws.provider import aws_errors
 
-    try:
+    with aws_errors():
         return fn()
-    except (ClientError, BotoCoreError) as exc:
-        raise CloudError(f"AWS: {exc}", hint="Check your credentials and region (`aws sts get-caller-identity`).") from exc
 
 
 def live_runs(store: Store) -> set[str]:

@@ -14,14 +14,15 @@ import secrets
 import socket
 import time
 from datetime import datetime, timedelta, timezone
+from contextlib import contextmanager
 from functools import cached_property
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import SecretStr
 
-from orchestrator.errors import CloudError, ClusterUnreachable
+from orchestrator.errors import CloudError, ClusterUnreachable, UsageError
 from orchestrator.store import Store, utcnow
 from policies.model import Offer
 from providers.aws import ec2 as ec2ops
@@ -33,6 +34,15 @@ from providers.aws.ec2 import (BILLABLE_STATES, TAG_EXPIRES, TAG_GROUP, TAG_HEAR
 from providers.aws.prices import PriceCache, PriceSource, bundled_catalogue
 from providers.aws.retry import Backoff, error_code
 from providers.base import Cluster, ClusterRequest
+
+@contextmanager
+def aws_errors() -> Iterator[None]:
+    """Turn a raw AWS/botocore failure into a CloudError the CLI can print in one line."""
+    try:
+        yield
+    except (ClientError, BotoCoreError) as exc:
+        raise CloudError(f"AWS: {exc}", hint="Check your credentials and region (`aws sts get-caller-identity`).") from exc
+
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -133,6 +143,21 @@ class AwsProvider:
     @property
     def lhorch_requirement(self) -> str:
         return self._lhorch_requirement or f"lhorch=={self.versions['lhorch']}"
+
+    @classmethod
+    def from_environment(cls, store: Store, region: str | None = None, **overrides: Any) -> "AwsProvider":
+        """For the CLI: standard boto3 settings from the environment; no IP lookup and no role
+        creation (listing and deleting need neither)."""
+        import boto3
+
+        session = boto3.Session(region_name=region) if region else boto3.Session()
+        if not (region or session.region_name):
+            raise UsageError("no AWS region configured", hint="Set AWS_DEFAULT_REGION or a region in your AWS profile.")
+        if session.get_credentials() is None:
+            raise CloudError("no AWS credentials found", hint="Run `aws configure` or set AWS_PROFILE.")
+        kwargs: dict[str, Any] = dict(ip_lookup=None, create_instance_profile=False)
+        kwargs.update(overrides)
+        return cls(session, store=store, **kwargs)
 
     @classmethod
     def from_cloud(cls, cloud: Any, store: Store, **overrides: Any) -> "AwsProvider":
