@@ -16,8 +16,10 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
 
@@ -87,6 +89,7 @@ class _Target:
     jobs: RayJobs | None = None
     released: bool = False
     unfinished: set[str] = field(default_factory=set)
+    lost: str | None = None  # why the cluster is gone (spot interruption, terminated), set by the heartbeat
 
 
 def all_local_plan(pipeline: Pipeline) -> Plan:
@@ -98,7 +101,8 @@ class Runner:
     def __init__(self, store: Store, pipeline: Pipeline, pipeline_file: Path | None, *,
                  providers: dict[str, Provider], plan: Plan | None = None, reporter: Reporter | None = None,
                  options: RunOptions | None = None, machine: str = "local",
-                 on_cluster_acquired: Callable[[Cluster], None] | None = None):
+                 on_cluster_acquired: Callable[[Cluster], None] | None = None,
+                 hard_stop_at: datetime | None = None, heartbeat_seconds: float = 60.0):
         self.store = store
         self.pipeline = pipeline
         self.file = Path(pipeline_file).resolve() if pipeline_file else None
@@ -118,6 +122,10 @@ class Runner:
         self.run_dir = Path()
         self.stop_requested = False
         self._previous: dict[str, dict] = {}
+        self.hard_stop_at = hard_stop_at
+        self.heartbeat_seconds = heartbeat_seconds
+        self._heartbeat_stop = threading.Event()
+        self._heartbeat_thread: threading.Thread | None = None
 
     # --- entry --------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -204,9 +212,11 @@ class Runner:
                 from policies.model import Offer
 
                 offer = placement.offer or Offer(provider=provider_name, vcpus=1, memory_gb=1)
+                cloud = self.pipeline.cloud
                 self.targets[key] = _Target(key, provider, ClusterRequest(
-                    run_id=self.run_id, group=placement.group or name if key != "local" else "local", offer=offer),
-                    stages=[])
+                    run_id=self.run_id, group=placement.group or name if key != "local" else "local", offer=offer,
+                    expires_at=self.hard_stop_at or (utcnow() + timedelta(hours=cloud.max_hours)),
+                    idle_minutes=cloud.idle_minutes), stages=[])
             self.targets[key].stages.append(name)
             self.targets[key].unfinished.add(name)
 
@@ -222,10 +232,36 @@ class Runner:
             self.store.event(self.run_id, "cluster", f"acquire {target.key}")
             target.cluster = target.provider.acquire(target.request)
             target.jobs = RayJobs(target.cluster)
+            target.lost = None
+            if hasattr(target.provider, "heartbeat"):
+                self._start_heartbeats()
             self.store.event(self.run_id, "cluster", f"acquired {target.key}", address=target.cluster.address)
             if self.on_cluster_acquired:
                 self.on_cluster_acquired(target.cluster)
         return target
+
+    def _start_heartbeats(self) -> None:
+        """Check in with every cloud cluster from a thread of its own, so that a long start-up of
+        one cluster never starves another's dead-man switch (nodes terminate themselves after
+        `cloud.idle_minutes` without a check-in)."""
+        if self._heartbeat_thread is not None:
+            return
+
+        def beat() -> None:
+            while not self._heartbeat_stop.wait(self.heartbeat_seconds):
+                for target in list(self.targets.values()):
+                    cluster = target.cluster
+                    if cluster is None or target.released or target.lost or not hasattr(target.provider, "heartbeat"):
+                        continue
+                    try:
+                        target.provider.heartbeat(cluster)
+                    except ClusterUnreachable as exc:
+                        target.lost = str(exc)
+                    except Exception as exc:  # a failed check-in is retried next beat; record it
+                        self.store.event(self.run_id, "cluster", f"heartbeat failed: {exc}")
+
+        self._heartbeat_thread = threading.Thread(target=beat, name="lhorch-heartbeat", daemon=True)
+        self._heartbeat_thread.start()
 
     def _release(self, target: _Target) -> None:
         if target.cluster is not None and not target.released:
@@ -234,6 +270,7 @@ class Runner:
             self.store.event(self.run_id, "cluster", f"released {target.key}")
 
     def _release_all(self) -> None:
+        self._heartbeat_stop.set()
         errors = []
         for target in self.targets.values():
             try:
@@ -310,6 +347,7 @@ class Runner:
         attempt_id = self.store.start_attempt(self.run_id, stage, key, target.key, target.cluster.name)
         attempt = self.store.query("SELECT attempt FROM attempts WHERE id=?", (attempt_id,))[0]["attempt"]
         env = self._stage_env(stage, inputs, out_dir, target.cluster)
+        env["LHORCH_ATTEMPT"] = str(attempt)
         job_id = f"lhorch-{self.run_id}-{stage}-{attempt}"
         from jobs.registry import find_job
 
@@ -389,6 +427,10 @@ class Runner:
         now = time.monotonic()
         for stage, run in list(self.running.items()):
             spec = self.pipeline.stages[stage]
+            target = self._target_of(stage)
+            if target.lost:
+                self._cluster_lost(target)
+                continue
             state = run.jobs.state(run.job_id)
             if now - run.last_log_poll >= LOG_POLL_S or state.terminal:
                 self._pump_logs(run)
@@ -399,6 +441,23 @@ class Runner:
                 continue
             del self.running[stage]
             self._finished(run, state.status, state.message)
+
+    def _cluster_lost(self, target: _Target) -> None:
+        """The cluster went away under running stages (e.g. a spot interruption): their attempts
+        fail, the cluster's remains are torn down, and retries run on a fresh one."""
+        why = f"cluster lost: {target.lost}"
+        self.store.event(self.run_id, "cluster", why)
+        self.reporter.info(f"[red]{target.key}: {why}[/]")
+        lost_runs = [r for s, r in self.running.items() if s in target.stages]
+        for run in lost_runs:
+            del self.running[run.stage]
+        try:
+            target.provider.release(target.cluster)
+        except Exception as exc:  # the sweep (`lhorch gc`) finds what this could not delete
+            self.store.event(self.run_id, "cluster", f"release after loss failed: {exc}")
+        target.cluster, target.jobs, target.lost = None, None, None
+        for run in lost_runs:
+            self._finished(run, "FAILED", why)
 
     def _pump_logs(self, run: _Running) -> None:
         run.last_log_poll = time.monotonic()

@@ -18,5 +18,5 @@ def providers_for(store: Store, cloud: Cloud, run_owner_pid: int | None = None) 
     if cloud.provider == "aws":
         from providers.aws.provider import AwsProvider
 
-        return {"aws": AwsProvider.from_config(cloud, store)}
+        return {"aws": AwsProvider.from_cloud(cloud, store)}
     raise ValueError(f"unknown provider {cloud.provider!r}")

@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from moto_server import aws, moto_endpoint, stand_in_head  # noqa: F401  (fixtures for every test module)
 from orchestrator.store import Store
+from policies.model import Offer
+from providers.base import ClusterRequest
 from providers.local import LocalProvider
 
 
@@ -54,6 +57,17 @@ def ray_node(tmp_path_factory):
     """A local Ray head shared by the session's runner tests (2 CPUs)."""
     provider = LocalProvider(tmp_path_factory.mktemp("ray-home"), keep=True, cpus=2)
     yield provider
+    provider.release(force=True)
+
+
+@pytest.fixture(scope="session")
+def remote_cluster(tmp_path_factory, moto_endpoint):  # noqa: F811
+    """A second Ray cluster standing in for a cloud one (started with moto's endpoint in its
+    environment, as a cloud node has its region's S3)."""
+    provider = LocalProvider(tmp_path_factory.mktemp("remote-home"), keep=True, cpus=2)
+    cluster = provider.acquire(ClusterRequest(run_id="stand-in", group="remote",
+                                              offer=Offer(provider="ray", vcpus=2, memory_gb=4)))
+    yield cluster
     provider.release(force=True)
 
 

@@ -12,34 +12,21 @@ from pathlib import Path
 import boto3
 import pytest
 
-from moto_server import aws, moto_endpoint  # noqa: F401  (fixtures)
 from orchestrator.errors import ClusterUnreachable
 from orchestrator.loader import load_pipeline
 from orchestrator.planner import make_plan
 from orchestrator.profiler import load_profile_file
 from orchestrator.runner import RunOptions, Runner
-from providers.base import ClusterRequest
-from providers.local import LocalProvider, free_port
+from providers.local import free_port
 from providers.ray_cluster import RayClusterProvider
-from policies.model import Offer
 
 pytestmark = pytest.mark.ray
 PROFILE = Path(__file__).parent / "fixtures" / "profiles" / "cpu_4core.json"
 BUCKET = "lhorch-remote-test"
 
 
-@pytest.fixture(scope="module")
-def remote_cluster(tmp_path_factory, moto_endpoint):  # noqa: F811
-    """A second Ray cluster standing in for the cloud one (started with moto's endpoint in its env,
-    as a cloud node would have its region's S3)."""
-    provider = LocalProvider(tmp_path_factory.mktemp("remote-home"), keep=True, cpus=2)
-    cluster = provider.acquire(ClusterRequest(run_id="stand-in", group="remote", offer=Offer(provider="ray", vcpus=2, memory_gb=4)))
-    yield cluster
-    provider.release(force=True)
-
-
 @pytest.fixture
-def bucket(aws):  # noqa: F811
+def bucket(aws):
     boto3.client("s3").create_bucket(Bucket=BUCKET)
     return BUCKET
 

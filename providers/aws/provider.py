@@ -207,6 +207,7 @@ class AwsProvider:
                               expires_at=expires, price_per_hour=request.offer.price_per_hour * request.nodes)
         launched_any = False
         try:
+            bucket = self.artifact_bucket()
             token = self._ensure_token(request, tags)
             subnets = ec2ops.default_subnets(self.ec2, self.subnet_ids)
             group_id = self._ensure_group(request, name, subnets[0]["vpc"], tags)
@@ -238,7 +239,8 @@ class AwsProvider:
         details = self._details(request, head=ids[0], security_group=group_id, key_name=key_name or "",
                                 instance_type=running[ids[0]]["InstanceType"],
                                 market=tags_of(running[ids[0]]).get(TAG_MARKET, request.offer.market),
-                                token_parameter=self.token_parameter(request.run_id, request.group))
+                                token_parameter=self.token_parameter(request.run_id, request.group),
+                                artifacts=f"s3://{bucket}/{self.prefix}")
         records.mark_created(self.store, "cluster", name, ids[0], price_per_hour=price, details=details)
         launched = min(running[i]["LaunchTime"] for i in ids)
         return Cluster(provider="aws", name=name, run_id=request.run_id, address=address, token=auth, remote=True,
@@ -271,6 +273,19 @@ class AwsProvider:
         key_id = security.ensure_key_pair(self.ec2, name, tags, self.store.home)
         records.mark_created(self.store, "key_pair", name, key_id)
         return name
+
+    def artifact_bucket(self) -> str:
+        """The bucket stage artifacts go through; lhorch creates it (private, encrypted, with a
+        lifecycle rule) when ``cloud.bucket`` is unset. Resolved before the node role, which is
+        scoped to it."""
+        if not getattr(self, "_bucket_ready", False):
+            from providers.aws.s3 import default_bucket_name, ensure_bucket
+
+            if not self.bucket:
+                self.bucket = default_bucket_name(self.identity()["account"], self.region)
+            ensure_bucket(self.s3, self.bucket, self.region, prefix=self.prefix)
+            self._bucket_ready = True
+        return self.bucket
 
     def _ensure_profile(self) -> str | None:
         if self.instance_profile or not self.create_instance_profile:

@@ -1,0 +1,143 @@
+"""A pipeline with a cloud stage on AWS (moto's server over HTTP), its head stood in for by a second
+local Ray cluster: what is launched, how it is locked down, and that nothing is left afterwards."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+from pydantic import SecretStr
+
+from orchestrator.loader import load_pipeline
+from orchestrator.planner import make_plan
+from orchestrator.profiler import load_profile_file
+from orchestrator.runner import RunOptions, Runner
+from providers.aws.provider import AwsProvider
+
+pytestmark = pytest.mark.ray
+PROFILE = Path(__file__).parent / "fixtures" / "profiles" / "cpu_4core.json"
+VERSIONS = {"python": "3.11", "ray": "2.60.0", "lhorch": "0.1.0"}
+
+
+class RayStandIn:
+    """HeadConnector: every head EC2 "starts" is reached at the stand-in Ray cluster."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+
+    def connect(self, head):
+        return self.cluster.address, SecretStr(self.cluster.token.get_secret_value())
+
+    def close(self, head):
+        pass
+
+
+def _pipeline(write_pipeline, first_attempt_sleep: int = 0):
+    return write_pipeline(f"""\
+        name: aws-hybrid
+        cloud: {{provider: aws, region: us-east-1, spot: false, instance_types: [c6i.xlarge], idle_minutes: 5}}
+        stages:
+          make:
+            run: echo 21 > $LHORCH_OUTPUT_DIR/n
+            outputs: [n]
+            placement: local
+          double:
+            needs: [make]
+            placement: cloud
+            retries: 1
+            run: |
+              if [ "$LHORCH_ATTEMPT" = 1 ]; then sleep {first_attempt_sleep}; fi
+              echo $(( $(cat $LHORCH_INPUT_N) * 2 )) > $LHORCH_OUTPUT_DIR/n2
+            outputs: [n2]
+          report:
+            needs: [double]
+            placement: local
+            run: echo "result=$(cat $LHORCH_INPUT_N2)"
+        """)
+
+
+def _run(store, path, ray_node, remote_cluster, on_acquired=None, heartbeat_seconds=60.0):
+    pipeline = load_pipeline(path)
+    provider = AwsProvider.from_cloud(pipeline.cloud, store, connector=RayStandIn(remote_cluster),
+                                      ip_lookup=lambda: "198.51.100.7", versions=VERSIONS, host="laptop",
+                                      poll_interval=0.01, sleep=lambda s: None)
+    plan = make_plan(pipeline, load_profile_file(PROFILE))
+    assert plan.placements["double"].provider == "aws"
+    runner = Runner(store, pipeline, path, providers={"local": ray_node, "aws": provider}, plan=plan,
+                    options=RunOptions(), on_cluster_acquired=on_acquired, heartbeat_seconds=heartbeat_seconds)
+    return runner.run()
+
+
+def _lhorch_left(ec2):
+    instances = [i for r in ec2.describe_instances(Filters=[{"Name": "tag-key", "Values": ["lhorch:run-id"]}])["Reservations"]
+                 for i in r["Instances"] if i["State"]["Name"] != "terminated"]
+    groups = [g for g in ec2.describe_security_groups()["SecurityGroups"]
+              if any(t["Key"].startswith("lhorch:") for t in g.get("Tags", []))]
+    keys = [k for k in ec2.describe_key_pairs()["KeyPairs"] if k["KeyName"].startswith("lhorch-")]
+    return instances, groups, keys
+
+
+def test_cloud_stage_runs_on_ec2_locked_down_and_nothing_is_left(store, write_pipeline, ray_node, remote_cluster, aws):
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    seen = {}
+
+    def inspect(cluster):
+        if cluster.provider != "aws":
+            return
+        # While the cluster is up: its security group and instances as AWS sees them.
+        seen["instances"] = [i for r in ec2.describe_instances(InstanceIds=cluster.instance_ids)["Reservations"]
+                             for i in r["Instances"]]
+        seen["group"] = ec2.describe_security_groups(GroupIds=[cluster.details["security_group"]])["SecurityGroups"][0]
+        seen["shutdown"] = [ec2.describe_instance_attribute(InstanceId=i, Attribute="instanceInitiatedShutdownBehavior")
+                            ["InstanceInitiatedShutdownBehavior"]["Value"] for i in cluster.instance_ids]
+
+    result = _run(store, _pipeline(write_pipeline), ray_node, remote_cluster, on_acquired=inspect)
+    assert result.status == "succeeded", result.message
+    assert "result=42" in (result.run_dir / "stages" / "report" / "attempt-1.log").read_text()
+
+    (instance,) = seen["instances"]
+    tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+    assert tags["lhorch:run-id"] == result.run_id
+    assert {"lhorch:owner", "lhorch:expires-at", "lhorch:group"} <= set(tags)
+    assert instance["InstanceType"] == "c6i.xlarge"
+    assert instance["MetadataOptions"]["HttpTokens"] == "required"
+    assert seen["shutdown"] == ["terminate"]
+    for rule in seen["group"]["IpPermissions"]:
+        assert all(r["CidrIp"] != "0.0.0.0/0" for r in rule.get("IpRanges", [])), rule
+        assert all(r["CidrIpv6"] != "::/0" for r in rule.get("Ipv6Ranges", [])), rule
+    # The artifacts went through the bucket lhorch made, private and encrypted.
+    s3 = boto3.client("s3")
+    (bucket,) = [b["Name"] for b in s3.list_buckets()["Buckets"] if b["Name"].startswith("lhorch-")]
+    assert s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]["BlockPublicAcls"]
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert f"lhorch/runs/{result.run_id}/stages/double/outputs/n2" in keys
+
+    instances, groups, keys = _lhorch_left(ec2)
+    assert (instances, groups, keys) == ([], [], [])
+
+
+def test_spot_interruption_reruns_the_stage_on_a_fresh_cluster(store, write_pipeline, ray_node, remote_cluster, aws):
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    acquired = []
+
+    def interrupt(cluster):
+        if cluster.provider != "aws":
+            return
+        acquired.append(list(cluster.instance_ids))
+        if len(acquired) == 1:
+            # The first cluster's node is reclaimed while its stage runs, as a spot interruption does.
+            threading.Timer(2.0, lambda: ec2.terminate_instances(InstanceIds=cluster.instance_ids)).start()
+
+    started = time.monotonic()
+    result = _run(store, _pipeline(write_pipeline, first_attempt_sleep=300), ray_node, remote_cluster,
+                  on_acquired=interrupt, heartbeat_seconds=0.5)
+    assert time.monotonic() - started < 200
+    assert result.status == "succeeded", result.message
+    attempts = store.attempts(result.run_id, "double")
+    assert [a["status"] for a in attempts] == ["failed", "succeeded"]
+    assert "cluster lost" in attempts[0]["error"]
+    assert len(acquired) == 2 and acquired[0] != acquired[1]
+    assert _lhorch_left(ec2) == ([], [], [])
