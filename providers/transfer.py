@@ -16,14 +16,19 @@ class ArtifactTransfer(Protocol):
     def get(self, uri: str, local: Path) -> None: ...
 
 
+def s3_client():
+    """An S3 client from boto3's standard settings (AWS_PROFILE, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL)."""
+    import boto3
+
+    return boto3.client("s3")
+
+
 class S3Transfer:
     def __init__(self, bucket: str, client=None):
-        import boto3
-
         from providers.aws.s3 import S3ArtifactStore
 
         self.bucket = bucket
-        self.store = S3ArtifactStore(bucket, "", client or boto3.client("s3"))
+        self.store = S3ArtifactStore(bucket, "", client or s3_client())
 
     def _key(self, uri: str) -> str:
         prefix = f"s3://{self.bucket}/"

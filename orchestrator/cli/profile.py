@@ -12,13 +12,11 @@ from orchestrator.profile import Profile
 
 
 def _s3_uploader(bucket: str):
-    # boto3 is imported here, at the edge, only when a bucket is given (it is slow to import and
-    # the core never needs it).
-    import boto3
-
+    # The S3 client comes from the provider layer: the core never imports boto3 itself.
     from orchestrator.benchmarks import ObjectStoreUploader
+    from providers.transfer import s3_client
 
-    return ObjectStoreUploader(boto3.client("s3"), bucket)
+    return ObjectStoreUploader(s3_client(), bucket)
 
 
 @click.command("profile")
