@@ -205,6 +205,23 @@ class Watchdog:
         return now + timedelta(seconds=max(0.0, left_s))
 
     def hard_stop_now(self, now: datetime | None = None) -> datetime | None:
-        """``hard_stop_at`` for what the meter has running now."""
+        """``hard_stop_at`` for what the meter has running now, but exact about the 60 s minimum
+        (a fresh instance's first minute is already paid, so the linear bound would stop it a minute
+        early): the latest whole second T with spent(T + teardown) within the cap."""
         now = self._now(now)
-        return self.hard_stop_at(self.meter.spent(now, self.stage), self.meter.burn_rate(self.stage), now)
+        burn = self.meter.burn_rate(self.stage)
+        linear = self.hard_stop_at(self.meter.spent(now, self.stage), burn, now)
+        if linear is None:
+            return None
+
+        def fits(t: float) -> bool:
+            return self.meter.spent(now + timedelta(seconds=t + self.teardown_s), self.stage) <= self.cap
+
+        lo = (linear - now).total_seconds()  # fits, or is 0 and nothing fits
+        hi = lo + MIN_BILLED_SECONDS + 2.0   # the minimum is the only slack the linear bound leaves
+        if not fits(lo):
+            return now
+        while hi - lo > 1.0:
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        return now + timedelta(seconds=math.floor(lo))
