@@ -128,6 +128,10 @@ class CostMeter:
         self._closed.append((o.stage, usd))
         return usd
 
+    def forget(self, item: str) -> None:
+        """Drop an item without billing it: a launch that was only being priced, or never happened."""
+        self._open.pop(item, None)
+
     def stop_all(self, at: datetime) -> float:
         return sum(self.stopped(item, at) for item in list(self._open))
 

@@ -32,26 +32,49 @@ def cloud_providers(store: Store, pipeline: Pipeline) -> dict[str, Provider]:
     return providers_for(store, pipeline.cloud, run_owner_pid=os.getpid())
 
 
-def plan_run(store: Store, pipeline: Pipeline, policy: str | None = None) -> tuple[Plan, Profile]:
+def plan_run(store: Store, pipeline: Pipeline, policy: str | None = None, *,
+             allow_cloud: bool = True) -> tuple[Plan, Profile]:
+    from orchestrator.estimator import local_offer
     from orchestrator.profiler import get_profile
 
     profile = get_profile(store)
     observations, output_gb = history_observations(store, pipeline, profile)
-    plan = make_plan(pipeline, profile, observations=observations, policy=policy, observed_output_gb=output_gb)
+    offers = None if allow_cloud else [local_offer(profile, pipeline.policy.electricity_usd_per_hour)]
+    plan = make_plan(pipeline, profile, offers=offers, observations=observations, policy=policy,
+                     observed_output_gb=output_gb)
     return plan, profile
+
+
+def check_budget(store: Store, pipeline: Pipeline, plan: Plan, spent: float) -> None:
+    """Refuse, before anything starts, a plan whose estimate is over a cap (exit 3)."""
+    from orchestrator.budget import check_plan
+
+    check_plan(plan, pipeline.budget, spent, {n: s.budget_usd for n, s in pipeline.stages.items() if s.budget_usd})
 
 
 def execute(store: Store, pipeline: Pipeline, file: Path, *, resume: str | None = None, fresh: bool = False,
             policy: str | None = None, keep_ray: bool = False, only_if_changed: bool = False, trigger: str = "manual",
             quiet: bool = False, reporter: Reporter | None = None) -> RunResult:
-    plan, profile = plan_run(store, pipeline, policy)
+    from orchestrator.budget import monthly_allows_cloud
+    from orchestrator.budget_guard import BudgetGuard, month_spent
+    from orchestrator.clock import SystemClock
+
+    clock = SystemClock()
+    spent = month_spent(store, pipeline, clock)
+    # A pipeline whose month is spent runs what it can locally and launches no cloud work.
+    allow_cloud = monthly_allows_cloud(store, pipeline.name, pipeline.budget, clock.now())
+    plan, profile = plan_run(store, pipeline, policy, allow_cloud=allow_cloud)
     require_feasible(plan)  # refused before anything starts or is paid for
+    check_budget(store, pipeline, plan, spent)
     providers: dict[str, Provider] = {"local": local_provider(store, keep_ray)}
     if any(p.target == "cloud" for p in plan.placements.values()):
         providers.update(cloud_providers(store, pipeline))
     reporter = reporter or make_reporter(topological_order(pipeline.stages), quiet=quiet)
+    guard = BudgetGuard(store, pipeline, month_spent=spent, clock=clock,
+                        on_alert=lambda used, cap: reporter.info(f"[yellow]budget: ${used:.2f} of ${cap:.2f} spent[/]"))
     try:
         runner = Runner(store, pipeline, file, providers=providers, plan=plan, reporter=reporter, machine=profile.fingerprint,
+                        guard=guard,
                         options=RunOptions(fresh=fresh, resume=resume, trigger=trigger, only_if_changed=only_if_changed))
         return runner.run()
     finally:

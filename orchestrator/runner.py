@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from orchestrator import artifacts as art
 from orchestrator.errors import ClusterUnreachable, LhorchError
@@ -32,6 +32,9 @@ from orchestrator.stage_exec import EXIT_TIMEOUT, USAGE_FILE
 from orchestrator.store import Store, new_run_id, utcnow
 from policies.model import Placement, Plan
 from providers.base import Cluster, ClusterRequest, Provider
+
+if TYPE_CHECKING:
+    from orchestrator.budget_guard import BudgetGuard
 
 POLL_S = 0.1
 LOG_POLL_S = 0.5
@@ -92,6 +95,10 @@ class _Target:
     lost: str | None = None  # why the cluster is gone (spot interruption, terminated), set by the heartbeat
 
 
+class _BudgetStop(Exception):
+    """The budget watchdog says stop: spend by the next check would cross a cap."""
+
+
 def all_local_plan(pipeline: Pipeline) -> Plan:
     return Plan(pipeline=pipeline.name, policy="local", placements={
         name: Placement(stage=name, target="local", reason="local node") for name in pipeline.stages})
@@ -102,7 +109,8 @@ class Runner:
                  providers: dict[str, Provider], plan: Plan | None = None, reporter: Reporter | None = None,
                  options: RunOptions | None = None, machine: str = "local",
                  on_cluster_acquired: Callable[[Cluster], None] | None = None,
-                 hard_stop_at: datetime | None = None, heartbeat_seconds: float = 60.0):
+                 hard_stop_at: datetime | None = None, heartbeat_seconds: float = 60.0,
+                 guard: "BudgetGuard | None" = None):
         self.store = store
         self.pipeline = pipeline
         self.file = Path(pipeline_file).resolve() if pipeline_file else None
@@ -123,6 +131,7 @@ class Runner:
         self.stop_requested = False
         self._previous: dict[str, dict] = {}
         self.hard_stop_at = hard_stop_at
+        self.guard = guard
         self.heartbeat_seconds = heartbeat_seconds
         self._heartbeat_stop = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
@@ -139,6 +148,8 @@ class Runner:
         self.store.update_run(self.run_id, status="running", pid=os.getpid(), started_at=utcnow(),
                               fingerprint=fingerprint, plan_json=self.plan.model_dump_json())
         self._build_targets()
+        if self.guard is not None:
+            self.guard.open(self.run_id, self.plan)
         status, message = "failed", ""
         try:
             self._loop()
@@ -146,6 +157,10 @@ class Runner:
             status = "succeeded" if not failed else "failed"
             if failed:
                 message = "stage(s) did not finish: " + ", ".join(f"{s} ({self.state[s]})" for s in failed)
+        except _BudgetStop as stop:
+            status, message = "budget_exceeded", str(stop)
+            self.reporter.info(f"[red]{message}[/]")
+            self._stop_all("stopped at the budget cap")
         except KeyboardInterrupt:
             status, message = "interrupted", "interrupted; resume with `lhorch run --resume " + self.run_id + "`"
             self._stop_all("interrupted by the user")
@@ -155,7 +170,11 @@ class Runner:
             self._stop_all(str(exc))
             raise
         finally:
-            self._release_all()
+            try:
+                self._release_all()
+            finally:
+                if self.guard is not None:
+                    self.guard.close()
             self.store.update_run(self.run_id, status=status, finished_at=utcnow(), error=message or None)
             self.store.event(self.run_id, "run", f"run {status}", reason=message)
         return RunResult(self.run_id, status, dict(self.state), self.run_dir, resumed, message)
@@ -230,7 +249,11 @@ class Runner:
         if target.cluster is None:
             self.reporter.info(f"Starting {target.key} …" if target.key != "local" else "Starting the local Ray node …")
             self.store.event(self.run_id, "cluster", f"acquire {target.key}")
+            if self.guard is not None and target.key != "local":
+                self.guard.before_acquire(target.request, target.stages)
             target.cluster = target.provider.acquire(target.request)
+            if self.guard is not None and target.key != "local":
+                self.guard.acquired(target.cluster, target.stages)
             target.jobs = RayJobs(target.cluster)
             target.lost = None
             if hasattr(target.provider, "heartbeat"):
@@ -267,6 +290,8 @@ class Runner:
         if target.cluster is not None and not target.released:
             target.provider.release(target.cluster)
             target.released = True
+            if self.guard is not None:
+                self.guard.released(target.cluster)
             self.store.event(self.run_id, "cluster", f"released {target.key}")
 
     def _release_all(self) -> None:
@@ -284,6 +309,10 @@ class Runner:
     # --- the loop -----------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
+            if self.guard is not None:
+                reason = self.guard.check()
+                if reason:
+                    raise _BudgetStop(reason)
             self._poll_running()
             progressed = self._schedule_ready()
             if all(self.state[s] in TERMINAL for s in self.order):
@@ -455,6 +484,8 @@ class Runner:
             target.provider.release(target.cluster)
         except Exception as exc:  # the sweep (`lhorch gc`) finds what this could not delete
             self.store.event(self.run_id, "cluster", f"release after loss failed: {exc}")
+        if self.guard is not None:
+            self.guard.released(target.cluster)
         target.cluster, target.jobs, target.lost = None, None, None
         for run in lost_runs:
             self._finished(run, "FAILED", why)

@@ -141,3 +141,66 @@ def test_spot_interruption_reruns_the_stage_on_a_fresh_cluster(store, write_pipe
     assert "cluster lost" in attempts[0]["error"]
     assert len(acquired) == 2 and acquired[0] != acquired[1]
     assert _lhorch_left(ec2) == ([], [], [])
+
+
+class FastClock:
+    """Real time, sped up: one real second is `factor` seconds of billing, so an hour of spend
+    passes in a minute while the cluster (moto + a real Ray stand-in) runs for real."""
+
+    def __init__(self, factor: float):
+        from datetime import datetime, timezone
+
+        self.factor, self.t0, self.start = factor, time.monotonic(), datetime.now(timezone.utc)
+
+    def now(self):
+        from datetime import timedelta
+
+        return self.start + timedelta(seconds=(time.monotonic() - self.t0) * self.factor)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds / self.factor)
+
+
+def test_a_stage_that_would_run_past_the_cap_is_stopped_before_it(store, write_pipeline, ray_node, remote_cluster, aws):
+    from orchestrator import ledger
+    from orchestrator.budget_guard import BudgetGuard
+
+    path = write_pipeline("""\
+        name: capped
+        budget: {max_usd: 5, check_interval: 60s}
+        cloud: {provider: aws, region: us-east-1, spot: false, instance_types: [p4d.24xlarge]}
+        stages:
+          train:
+            placement: cloud
+            hints: {minutes: 1}
+            run: sleep 300
+        """)
+    pipeline = load_pipeline(path)
+    clock = FastClock(60)
+    provider = AwsProvider.from_cloud(pipeline.cloud, store, connector=RayStandIn(remote_cluster),
+                                      ip_lookup=lambda: "198.51.100.7", versions=VERSIONS, host="laptop",
+                                      poll_interval=0.01, sleep=lambda s: None)
+    plan = make_plan(pipeline, load_profile_file(PROFILE))
+    guard = BudgetGuard(store, pipeline, clock=clock)
+    runner = Runner(store, pipeline, path, providers={"local": ray_node, "aws": provider}, plan=plan,
+                    options=RunOptions(), guard=guard)
+    started = time.monotonic()
+    result = runner.run()
+    assert time.monotonic() - started < 120
+    assert result.status == "budget_exceeded", result.message
+    assert result.stages["train"] == "stopped"
+    spent = ledger.run_total(store, result.run_id)
+    burn = plan.placements["train"].offer.price_per_hour / 3600
+    teardown = max(plan.placements["train"].offer.teardown_seconds, 120)
+    assert spent <= 5.0
+    # Stopped with at most one check interval (plus the teardown it must leave room for) to spare.
+    assert 5.0 - spent <= burn * (60 + teardown) + burn * 10, (spent, burn)
+    # The nodes' own hard stop was set from the cap, not from cloud.max_hours.
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    (inst,) = [i for r in ec2.describe_instances(Filters=[{"Name": "tag:lhorch:run-id", "Values": [result.run_id]}])["Reservations"]
+               for i in r["Instances"]]
+    expires = {t["Key"]: t["Value"] for t in inst["Tags"]}["lhorch:expires-at"]
+    from datetime import datetime
+
+    assert (datetime.fromisoformat(expires) - clock.start).total_seconds() < 3600
+    assert _lhorch_left(ec2) == ([], [], [])

@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.errors import EXIT_INTERRUPTED, EXIT_STAGE_FAILED, NotFoundError
+from orchestrator.errors import EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_STAGE_FAILED, NotFoundError
 from orchestrator.loader import load_pipeline
 from orchestrator.spec import Pipeline, topological_order
 from orchestrator.store import Store
@@ -90,6 +90,8 @@ def run(file: Path | None, resume: str | None, fresh: bool, policy: str | None, 
                     "run_dir": str(result.run_dir), "resumed": result.resumed, "message": result.message})
     else:
         _print_summary(store, result.run_id)
+    if result.status == "budget_exceeded":
+        sys.exit(EXIT_BUDGET)
     if not result.ok:
         sys.exit(EXIT_STAGE_FAILED)
 
