@@ -8,7 +8,7 @@ import sys
 import click
 
 from orchestrator import __version__
-from orchestrator.errors import EXIT_INVALID, LhorchError
+from orchestrator.errors import LhorchError
 
 
 class _Group(click.Group):
@@ -35,21 +35,10 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    from orchestrator.cli import runs as runs_cmds
+    from orchestrator.cli import cloud, cost, models, plan, profile, runs, schedule
 
-    for command in runs_cmds.COMMANDS:
-        main.add_command(command)
-    # Feature command groups register here as they land; each module exposes COMMANDS.
-    import importlib
-
-    for module in ("profile", "plan", "cloud", "schedule", "models", "cost"):
-        try:
-            mod = importlib.import_module(f"orchestrator.cli.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"orchestrator.cli.{module}":
-                raise
-            continue
-        for command in mod.COMMANDS:
+    for module in (runs, plan, profile, cloud, cost, schedule, models):
+        for command in module.COMMANDS:
             main.add_command(command)
 
 
@@ -63,4 +52,3 @@ def run() -> None:  # pragma: no cover - console entry
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main(obj={}))
 
-__all__ = ["main", "EXIT_INVALID"]

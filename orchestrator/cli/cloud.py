@@ -87,9 +87,17 @@ def clusters_cmd(as_json: bool) -> None:
 
 @click.command("down")
 @click.argument("run", required=False)
-def down_cmd(run: str | None) -> None:
+@click.option("--local", "local_only", is_flag=True, help="Stop the local Ray node kept by `lhorch run --keep-ray`.")
+def down_cmd(run: str | None, local_only: bool) -> None:
     """Release the clusters of RUN, or every lhorch cluster when RUN is omitted."""
     store = Store()
+    if local_only:
+        from providers.local import LocalProvider
+
+        kept = LocalProvider(store.home).clusters()
+        LocalProvider(store.home).release(force=True)
+        click.echo("stopped the local Ray node" if kept else "No local Ray node is running.")
+        return
     provider = _provider(store)
     for region in _regions(store, provider.region):
         p = provider if region == provider.region else _provider(store, region)
@@ -111,11 +119,23 @@ def down_cmd(run: str | None) -> None:
 def gc_cmd(dry_run: bool) -> None:
     """Delete every lhorch-tagged instance, security group, key pair and token parameter that is
     past its expiry or whose run is no longer live on this host."""
+    from orchestrator.errors import LhorchError
+    from providers.local import LocalProvider
+
     store = Store()
-    provider = _provider(store)
     live = live_runs(store)
     now = datetime.now(timezone.utc)
     total = 0
+    for line in LocalProvider(store.home).sweep(now, live, dry_run=dry_run):
+        total += 1
+        click.echo(f"{'would stop' if dry_run else 'stopped'} {line}")
+    try:
+        provider = _provider(store)
+    except LhorchError as exc:  # no AWS configured: nothing of lhorch's can be running there
+        click.echo(f"AWS skipped: {exc.message}")
+        if not total:
+            click.echo("Nothing to collect.")
+        return
     for region in _regions(store, provider.region):
         p = provider if region == provider.region else _provider(store, region)
         for line in _aws_call(lambda: p.sweep(now, live, dry_run=dry_run)):
