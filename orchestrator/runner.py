@@ -16,7 +16,6 @@ import json
 import os
 import re
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from orchestrator import artifacts as art
+from orchestrator import staging
+from orchestrator.heartbeat import Heartbeats
 from orchestrator.errors import ClusterUnreachable, LhorchError
 from orchestrator.progress import QuietReporter, Reporter
 from orchestrator.ray_jobs import RayJobs
@@ -133,8 +134,7 @@ class Runner:
         self.hard_stop_at = hard_stop_at
         self.guard = guard
         self.heartbeat_seconds = heartbeat_seconds
-        self._heartbeat_stop = threading.Event()
-        self._heartbeat_thread: threading.Thread | None = None
+        self._heartbeats: Heartbeats | None = None
 
     # --- entry --------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -256,35 +256,14 @@ class Runner:
                 self.guard.acquired(target.cluster, target.stages)
             target.jobs = RayJobs(target.cluster)
             target.lost = None
-            if hasattr(target.provider, "heartbeat"):
-                self._start_heartbeats()
+            if hasattr(target.provider, "heartbeat") and self._heartbeats is None:
+                self._heartbeats = Heartbeats(lambda: list(self.targets.values()), self.heartbeat_seconds,
+                                              on_error=lambda exc: self.store.event(self.run_id, "cluster",
+                                                                                    f"heartbeat failed: {exc}"))
             self.store.event(self.run_id, "cluster", f"acquired {target.key}", address=target.cluster.address)
             if self.on_cluster_acquired:
                 self.on_cluster_acquired(target.cluster)
         return target
-
-    def _start_heartbeats(self) -> None:
-        """Check in with every cloud cluster from a thread of its own, so that a long start-up of
-        one cluster never starves another's dead-man switch (nodes terminate themselves after
-        `cloud.idle_minutes` without a check-in)."""
-        if self._heartbeat_thread is not None:
-            return
-
-        def beat() -> None:
-            while not self._heartbeat_stop.wait(self.heartbeat_seconds):
-                for target in list(self.targets.values()):
-                    cluster = target.cluster
-                    if cluster is None or target.released or target.lost or not hasattr(target.provider, "heartbeat"):
-                        continue
-                    try:
-                        target.provider.heartbeat(cluster)
-                    except ClusterUnreachable as exc:
-                        target.lost = str(exc)
-                    except Exception as exc:  # a failed check-in is retried next beat; record it
-                        self.store.event(self.run_id, "cluster", f"heartbeat failed: {exc}")
-
-        self._heartbeat_thread = threading.Thread(target=beat, name="lhorch-heartbeat", daemon=True)
-        self._heartbeat_thread.start()
 
     def _release(self, target: _Target) -> None:
         if target.cluster is not None and not target.released:
@@ -295,7 +274,8 @@ class Runner:
             self.store.event(self.run_id, "cluster", f"released {target.key}")
 
     def _release_all(self) -> None:
-        self._heartbeat_stop.set()
+        if self._heartbeats is not None:
+            self._heartbeats.stop()
         errors = []
         for target in self.targets.values():
             try:
@@ -403,32 +383,6 @@ class Runner:
                 return False
         return out.exists()
 
-    def _stage_remote(self, stage: str, inputs: dict[str, Path], cluster: Cluster) -> dict:
-        """Send a remote stage's inputs up; say where they are and where its outputs go."""
-        from providers.transfer import artifact_uri, store_for_uri
-
-        base = cluster.details["artifacts"]
-        uris: dict[str, str] = {}
-        for ref in art.stage_inputs(self.pipeline, stage, self.run_dir, self.base_dir):
-            if ref.name not in inputs:
-                continue
-            path = inputs[ref.name]
-            where = ("stages", ref.producer, "outputs", ref.output) if ref.producer else ("external", stage, ref.name)
-            uri = artifact_uri(base, "runs", self.run_id, *where, folder=path.is_dir())
-            if uri not in uris.values():
-                self.store.event(self.run_id, "transfer", f"upload {ref.name}", stage=stage, uri=uri)
-                store_for_uri(uri).put(path, uri)
-            uris[ref.name] = uri
-        output_uri = artifact_uri(base, "runs", self.run_id, "stages", stage, "outputs", folder=True)
-        return {"inputs": uris, "output_uri": output_uri}
-
-    def _fetch_outputs(self, stage: str, cluster: Cluster, out_dir: Path) -> None:
-        from providers.transfer import artifact_uri, store_for_uri
-
-        uri = artifact_uri(cluster.details["artifacts"], "runs", self.run_id, "stages", stage, "outputs", folder=True)
-        self.store.event(self.run_id, "transfer", "download outputs", stage=stage, uri=uri)
-        store_for_uri(uri).get(uri, out_dir)
-
     def _stage_env(self, stage: str, inputs: dict[str, Path], out_dir: Path, cluster: Cluster) -> dict[str, str]:
         spec = self.pipeline.stages[stage]
         env = {**self.pipeline.env, **spec.env}
@@ -443,7 +397,8 @@ class Runner:
             "command": spec.run,
             "cwd": str(self.base_dir),
             "timeout": spec.timeout,
-            "remote": self._stage_remote(stage, inputs, cluster) if cluster.remote else None,
+            "remote": staging.send_inputs(self.store, self.pipeline, self.run_id, self.run_dir, self.base_dir, stage,
+                                          inputs, cluster) if cluster.remote else None,
         })
         if not cluster.remote:
             # Local stages import this very checkout's packages (jobs, orchestrator.stage_exec);
@@ -510,7 +465,7 @@ class Runner:
         out_dir = art.output_dir(self.run_dir, stage)
         cluster = self._target_of(stage).cluster
         if status == "SUCCEEDED" and cluster is not None and cluster.remote:
-            self._fetch_outputs(stage, cluster, out_dir)
+            staging.fetch_outputs(self.store, self.run_id, stage, cluster, out_dir)
         usage = _read_usage(out_dir)
         exit_code = usage.get("exit_code")
         error = None
