@@ -4,7 +4,6 @@ run a night or a month in milliseconds with a FakeClock."""
 from __future__ import annotations
 
 import threading
-import time
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
 

@@ -12,11 +12,14 @@ from datetime import datetime, timezone
 
 import click
 
+from orchestrator.cli.output import console
 from orchestrator.store import Store
 
 
 def _provider(store: Store, region: str | None = None):
-    from providers.aws.provider import AwsProvider  # imports boto3; only when a cloud command runs
+    from providers.aws.provider import (
+        AwsProvider,  # imports boto3; only when a cloud command runs
+    )
 
     return AwsProvider.from_environment(store, region)
 
@@ -72,7 +75,6 @@ def clusters_cmd(as_json: bool) -> None:
     if not found:
         click.echo("Nothing running: no lhorch clusters in " + ", ".join(_regions(store, provider.region)) + ".")
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table("run", "group", "region", "instances", "types", "$/hour", "up since", "expires")
@@ -81,7 +83,7 @@ def clusters_cmd(as_json: bool) -> None:
                       c.details.get("instance_types", ""), f"{c.price_per_hour:.3f}",
                       c.launched_at.strftime("%Y-%m-%d %H:%M") if c.launched_at else "",
                       c.expires_at.strftime("%Y-%m-%d %H:%M") if c.expires_at else "")
-    Console().print(table)
+    console().print(table)
     click.echo(f"Total: ${sum(c.price_per_hour for c in found):.3f}/hour")
 
 

@@ -12,9 +12,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.cli.output import console
 from orchestrator.durations import format_duration
 from orchestrator.profile import Profile
-from orchestrator.spec import Pipeline
 from policies.model import Plan
 
 POLICY_NAMES = ["local-first", "cheapest", "fastest", "balanced"]
@@ -74,7 +74,7 @@ def plan(pipeline_file: Path, policy: str | None, as_json: bool, profile_file: P
     if as_json:
         click.echo(result.model_dump_json(indent=2, exclude={"placements": {"__all__": {"offer"}}}))
     else:
-        render(result, Console())
+        render(result, console())
     require_feasible(result)
 
 

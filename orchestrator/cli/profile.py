@@ -8,6 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.cli.output import console
 from orchestrator.profile import Profile
 
 
@@ -46,7 +47,7 @@ def profile(as_json: bool, refresh: bool, thorough: bool, profile_file: Path | N
     if as_json:
         click.echo(dump_profile_json(result))
     else:
-        render(result, Console())
+        render(result, console())
 
 
 def render(p: Profile, console: Console) -> None:

@@ -8,16 +8,20 @@ import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from orchestrator.errors import EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_STAGE_FAILED, NotFoundError
+from orchestrator.cli.output import console
+from orchestrator.errors import (
+    EXIT_BUDGET,
+    EXIT_INTERRUPTED,
+    EXIT_STAGE_FAILED,
+    NotFoundError,
+)
 from orchestrator.loader import load_pipeline
 from orchestrator.spec import Pipeline, topological_order
 from orchestrator.store import Store
 
-# Tables are not cut to 80 columns when the output is a pipe or a file.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+out = console()
 
 
 def _emit_json(data: object) -> None:

@@ -19,7 +19,7 @@ import click
 from orchestrator import schedules as sch
 from orchestrator.clock import SystemClock
 from orchestrator.errors import UsageError
-from orchestrator.store import Store, iso, lhorch_home
+from orchestrator.store import Store, lhorch_home
 
 
 def _store() -> Store:
