@@ -464,8 +464,12 @@ class Runner:
         spec = self.pipeline.stages[stage]
         out_dir = art.output_dir(self.run_dir, stage)
         cluster = self._target_of(stage).cluster
-        if status == "SUCCEEDED" and cluster is not None and cluster.remote:
-            staging.fetch_outputs(self.store, self.run_id, stage, cluster, out_dir)
+        if cluster is not None and cluster.remote and status in ("SUCCEEDED", "FAILED"):
+            try:
+                staging.fetch_outputs(self.store, self.run_id, stage, cluster, out_dir)
+            except Exception:
+                if status == "SUCCEEDED":
+                    raise  # a failed attempt may have had nothing to send back
         usage = _read_usage(out_dir)
         exit_code = usage.get("exit_code")
         error = None

@@ -37,6 +37,17 @@ def _fetch_inputs(spec: dict, scratch: Path) -> dict[str, str]:
     return local
 
 
+def _fetch_checkpoints(spec: dict, out_dir: Path) -> None:
+    """A retried remote stage continues from the step checkpoints its failed attempt sent back."""
+    from providers.transfer import store_for_uri
+
+    uri = spec["remote"]["output_uri"] + "checkpoints/"
+    try:
+        store_for_uri(uri).get(uri, out_dir / "checkpoints")
+    except Exception as exc:  # no earlier attempt, or nothing to resume from: start fresh
+        print(f"[lhorch] no checkpoints to resume from ({type(exc).__name__})", flush=True)
+
+
 def _send_outputs(spec: dict, out_dir: Path) -> None:
     from providers.transfer import store_for_uri
 
@@ -56,6 +67,7 @@ def main() -> int:
         for name, path in inputs.items():
             env["LHORCH_INPUT_" + name.upper().replace("-", "_").replace(".", "_")] = path
         env["LHORCH_OUTPUT_DIR"] = str(out_dir)
+        _fetch_checkpoints(spec, out_dir)
     else:
         out_dir = Path(env["LHORCH_OUTPUT_DIR"])
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -97,8 +109,14 @@ def main() -> int:
     rss_mb = maxrss / (1024 * 1024) if sys.platform == "darwin" else maxrss / 1024
     usage = {"wall_seconds": wall, "peak_rss_mb": rss_mb, "exit_code": code, "host": os.uname().nodename}
     (out_dir / USAGE_FILE).write_text(json.dumps(usage))
-    if code == 0 and spec.get("remote"):
-        _send_outputs(spec, out_dir)
+    if spec.get("remote"):
+        # Sent back after a failure too: the usage record, logs a job wrote, and its checkpoints.
+        try:
+            _send_outputs(spec, out_dir)
+        except Exception:
+            if code == 0:
+                raise
+            print("[lhorch] could not send the failed attempt's outputs back", flush=True)
     if scratch is not None:
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"[lhorch] stage finished with exit code {code} in {wall:.1f} s", flush=True)

@@ -204,3 +204,53 @@ def test_a_stage_that_would_run_past_the_cap_is_stopped_before_it(store, write_p
 
     assert (datetime.fromisoformat(expires) - clock.start).total_seconds() < 3600
     assert _lhorch_left(ec2) == ([], [], [])
+
+
+class _CtrlCWhenRunning:
+    """A reporter that delivers Ctrl-C (KeyboardInterrupt, as SIGINT/SIGTERM do in `lhorch run`)
+    to the runner's loop the moment the cloud stage is running."""
+
+    def __init__(self, stage: str):
+        self.target = stage
+
+    def stage(self, stage, status, detail=""):
+        if stage == self.target and status == "running":
+            raise KeyboardInterrupt
+
+    def log(self, stage, line): ...
+    def info(self, message): ...
+    def close(self): ...
+
+
+@pytest.mark.parametrize("fault", ["stage fails", "ctrl-c"])
+def test_faults_leave_nothing_tagged_running(fault, store, write_pipeline, ray_node, remote_cluster, aws):
+    path = write_pipeline("""\
+        name: faulty
+        cloud: {provider: aws, region: us-east-1, spot: false, instance_types: [c6i.xlarge]}
+        stages:
+          train:
+            placement: cloud
+            run: echo going; sleep 30; exit 7
+        """)
+    pipeline = load_pipeline(path)
+    provider = AwsProvider.from_cloud(pipeline.cloud, store, connector=RayStandIn(remote_cluster),
+                                      ip_lookup=lambda: "198.51.100.7", versions=VERSIONS, host="laptop",
+                                      poll_interval=0.01, sleep=lambda s: None)
+    if fault == "stage fails":
+        path.write_text(path.read_text().replace("sleep 30; ", ""))
+        pipeline = load_pipeline(path)
+    runner = Runner(store, pipeline, path, providers={"local": ray_node, "aws": provider},
+                    plan=make_plan(pipeline, load_profile_file(PROFILE)), options=RunOptions(),
+                    reporter=_CtrlCWhenRunning("train") if fault == "ctrl-c" else None)
+    if fault == "ctrl-c":
+        with pytest.raises(KeyboardInterrupt):
+            runner.run()
+        assert store.list_runs()[0]["status"] == "interrupted"
+        assert [a["status"] for a in store.attempts(runner.run_id, "train")] == ["stopped"]
+    else:
+        assert runner.run().status == "failed"
+        assert store.attempts(runner.run_id, "train")[-1]["exit_code"] == 7
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    launched = ec2.describe_instances(Filters=[{"Name": "tag:lhorch:run-id", "Values": [runner.run_id]}])["Reservations"]
+    assert launched, "the cloud stage never launched an instance"
+    assert _lhorch_left(ec2) == ([], [], [])
