@@ -18,6 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
+# Run as `python bench/x.py`, this folder would come first on sys.path and its jobs.py would
+# shadow the `jobs` package: put the project root there instead.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
 COMMAND = "echo step"
 
 

@@ -65,11 +65,14 @@ class RayJobs:
         raise AssertionError("unreachable")
 
     def submit(self, *, submission_id: str, entrypoint: str, env: dict[str, str], cpus: float, gpus: float,
-               working_dir: str | None = None, py_modules: list[str] | None = None) -> str:
+               working_dir: str | None = None, excludes: list[str] | None = None,
+               py_modules: list[str] | None = None) -> str:
         client = self._connect()
         runtime_env: dict[str, Any] = {"env_vars": env}
         if working_dir:
             runtime_env["working_dir"] = working_dir
+            if excludes:
+                runtime_env["excludes"] = excludes
         if py_modules:
             runtime_env["py_modules"] = py_modules
 

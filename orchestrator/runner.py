@@ -366,11 +366,24 @@ class Runner:
         self.store.event(self.run_id, "stage", f"submit attempt {attempt}", stage=stage, job_id=job_id)
         remote = target.cluster.remote
         target.jobs.submit(submission_id=job_id, entrypoint=("python" if remote else sys.executable) + " -m orchestrator.stage_exec",
-                           env=env, cpus=cpus, gpus=gpus, working_dir=str(self.base_dir) if remote else None)
+                           env=env, cpus=cpus, gpus=gpus, working_dir=str(self.base_dir) if remote else None,
+                           excludes=self._working_dir_excludes(stage) if remote else None)
         self.store.finish_attempt(attempt_id, "running", job_id=job_id, finished_at=None)
         log_path = art.stage_dir(self.run_dir, stage) / f"attempt-{attempt}.log"
         self.running[stage] = _Running(stage, attempt_id, attempt, job_id, target.jobs, time.monotonic(), log_path)
         self._set(stage, "running", target.key if target.key != "local" else "")
+
+    def _working_dir_excludes(self, stage: str) -> list[str]:
+        """What not to ship with the pipeline's folder to a remote cluster: data the stages read
+        (it goes through the artifact store) and what is never code."""
+        excludes = [".git", "__pycache__", ".venv", "*.egg-info"]
+        for name in self.pipeline.stages:
+            for path in art.external_paths(self.pipeline, name, self.base_dir):
+                try:
+                    excludes.append("/" + str(path.relative_to(self.base_dir)))
+                except ValueError:
+                    continue  # outside the folder: not shipped anyway
+        return excludes
 
     def _reusable(self, stage: str, key: str) -> bool:
         prev = self._previous.get(stage)

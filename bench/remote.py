@@ -1,0 +1,99 @@
+"""Per-stage overhead of running a stage on a remote Ray cluster versus on the local node.
+
+    python bench/remote.py [--runs 5] [--mb 20]
+
+Starts moto's S3 server and two Ray nodes on 127.0.0.1 (one standing in for the cloud cluster),
+then runs the same one-stage pipeline, with an input of --mb MB, placed locally and placed on the
+"remote" cluster (inputs up through S3, outputs back). Prints the mean wall time of each and the
+difference: what placing a stage remotely costs beyond its own run time, start-up excluded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Run as `python bench/x.py`, this folder would come first on sys.path and its jobs.py would
+# shadow the `jobs` package: put the project root there instead.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--mb", type=int, default=20)
+    args = parser.parse_args()
+
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_ENDPOINT_URL=f"http://127.0.0.1:{server.get_host_and_port()[1]}")
+    import boto3
+
+    from orchestrator.loader import load_pipeline
+    from orchestrator.runner import RunOptions, Runner, all_local_plan
+    from orchestrator.store import Store
+    from policies.model import Offer, Placement
+    from providers.base import ClusterRequest
+    from providers.local import LocalProvider
+    from providers.ray_cluster import RayClusterProvider
+
+    boto3.client("s3").create_bucket(Bucket="bench")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "data.bin").write_bytes(os.urandom(args.mb * 1024 * 1024))
+        local = LocalProvider(tmp / "local", keep=True, cpus=2)
+        remote_node = LocalProvider(tmp / "remote", keep=True, cpus=2)
+        request = ClusterRequest(run_id="bench", group="g", offer=Offer(provider="ray", vcpus=2, memory_gb=4))
+        remote = remote_node.acquire(request)
+        local.acquire(request)
+        path = tmp / "p.yaml"
+        path.write_text(f"""\
+name: remote-bench
+cloud: {{provider: ray, address: "{remote.address}", bucket: bench}}
+stages:
+  s:
+    run: wc -c < $LHORCH_INPUT_DATA > $LHORCH_OUTPUT_DIR/n
+    inputs: {{data: data.bin}}
+    outputs: [n]
+""")
+        os.environ["LHORCH_RAY_TOKEN"] = remote.token.get_secret_value()
+        pipeline = load_pipeline(path)
+        ray_provider = RayClusterProvider.from_config(pipeline.cloud)
+        times: dict[str, list[float]] = {"local": [], "remote": []}
+        try:
+            for i in range(args.runs):
+                for where in ("local", "remote"):
+                    plan = all_local_plan(pipeline)
+                    if where == "remote":
+                        plan.placements["s"] = Placement(stage="s", target="cloud", provider="ray", group="g")
+                    store = Store(tmp / f"home-{where}-{i}")
+                    started = time.perf_counter()
+                    result = Runner(store, pipeline, path, providers={"local": local, "ray": ray_provider}, plan=plan,
+                                    options=RunOptions(fresh=True)).run()
+                    times[where].append(time.perf_counter() - started)
+                    assert result.status == "succeeded", result.message
+        finally:
+            local.release(force=True)
+            remote_node.release(force=True)
+            server.stop()
+    loc, rem = statistics.mean(times["local"]), statistics.mean(times["remote"])
+    print(f"one stage with a {args.mb} MB input, mean of {args.runs} runs (Ray nodes already up):")
+    print(f"  local node     {loc:6.2f} s")
+    print(f"  remote cluster {rem:6.2f} s   (inputs up through S3, outputs back)")
+    print(f"  remote overhead per stage: {rem - loc:+.2f} s  (ratio {rem / loc:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
