@@ -41,13 +41,7 @@ def main() -> None:
                       AWS_ENDPOINT_URL=f"http://127.0.0.1:{server.get_host_and_port()[1]}")
     import boto3
 
-    from orchestrator.loader import load_pipeline
-    from orchestrator.runner import RunOptions, Runner, all_local_plan
-    from orchestrator.store import Store
-    from policies.model import Offer, Placement
-    from providers.base import ClusterRequest
     from providers.local import LocalProvider
-    from providers.ray_cluster import RayClusterProvider
 
     boto3.client("s3").create_bucket(Bucket="bench")
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,35 +49,8 @@ def main() -> None:
         (tmp / "data.bin").write_bytes(os.urandom(args.mb * 1024 * 1024))
         local = LocalProvider(tmp / "local", keep=True, cpus=2)
         remote_node = LocalProvider(tmp / "remote", keep=True, cpus=2)
-        request = ClusterRequest(run_id="bench", group="g", offer=Offer(provider="ray", vcpus=2, memory_gb=4))
-        remote = remote_node.acquire(request)
-        local.acquire(request)
-        path = tmp / "p.yaml"
-        path.write_text(f"""\
-name: remote-bench
-cloud: {{provider: ray, address: "{remote.address}", bucket: bench}}
-stages:
-  s:
-    run: wc -c < $LHORCH_INPUT_DATA > $LHORCH_OUTPUT_DIR/n
-    inputs: {{data: data.bin}}
-    outputs: [n]
-""")
-        os.environ["LHORCH_RAY_TOKEN"] = remote.token.get_secret_value()
-        pipeline = load_pipeline(path)
-        ray_provider = RayClusterProvider.from_config(pipeline.cloud)
-        times: dict[str, list[float]] = {"local": [], "remote": []}
         try:
-            for i in range(args.runs):
-                for where in ("local", "remote"):
-                    plan = all_local_plan(pipeline)
-                    if where == "remote":
-                        plan.placements["s"] = Placement(stage="s", target="cloud", provider="ray", group="g")
-                    store = Store(tmp / f"home-{where}-{i}")
-                    started = time.perf_counter()
-                    result = Runner(store, pipeline, path, providers={"local": local, "ray": ray_provider}, plan=plan,
-                                    options=RunOptions(fresh=True)).run()
-                    times[where].append(time.perf_counter() - started)
-                    assert result.status == "succeeded", result.message
+            run_bench(args, tmp, local, remote_node, times := {"local": [], "remote": []})
         finally:
             local.release(force=True)
             remote_node.release(force=True)
@@ -93,6 +60,43 @@ stages:
     print(f"  local node     {loc:6.2f} s")
     print(f"  remote cluster {rem:6.2f} s   (inputs up through S3, outputs back)")
     print(f"  remote overhead per stage: {rem - loc:+.2f} s  (ratio {rem / loc:.2f}x)")
+
+
+def run_bench(args, tmp: Path, local, remote_node, times: dict[str, list[float]]) -> None:
+    from orchestrator.loader import load_pipeline
+    from orchestrator.runner import RunOptions, Runner, all_local_plan
+    from orchestrator.store import Store
+    from policies.model import Offer, Placement
+    from providers.base import ClusterRequest
+    from providers.ray_cluster import RayClusterProvider
+
+    request = ClusterRequest(run_id="bench", group="g", offer=Offer(provider="ray", vcpus=2, memory_gb=4))
+    remote = remote_node.acquire(request)
+    local.acquire(request)
+    path = tmp / "p.yaml"
+    path.write_text(f"""\
+name: remote-bench
+cloud: {{provider: ray, address: "{remote.address}", bucket: bench}}
+stages:
+  s:
+    run: wc -c < $LHORCH_INPUT_DATA > $LHORCH_OUTPUT_DIR/n
+    inputs: {{data: data.bin}}
+    outputs: [n]
+""")
+    os.environ["LHORCH_RAY_TOKEN"] = remote.token.get_secret_value()
+    pipeline = load_pipeline(path)
+    ray_provider = RayClusterProvider.from_config(pipeline.cloud)
+    for i in range(args.runs):
+        for where in ("local", "remote"):
+            plan = all_local_plan(pipeline)
+            if where == "remote":
+                plan.placements["s"] = Placement(stage="s", target="cloud", provider="ray", group="g")
+            store = Store(tmp / f"home-{where}-{i}")
+            started = time.perf_counter()
+            result = Runner(store, pipeline, path, providers={"local": local, "ray": ray_provider}, plan=plan,
+                            options=RunOptions(fresh=True)).run()
+            times[where].append(time.perf_counter() - started)
+            assert result.status == "succeeded", result.message
 
 
 if __name__ == "__main__":
