@@ -59,11 +59,16 @@ def _pipeline(write_pipeline, first_attempt_sleep: int = 0):
         """)
 
 
+def _aws(store, pipeline, remote_cluster) -> AwsProvider:
+    """The AWS provider on moto, its heads reached at the stand-in Ray cluster."""
+    return AwsProvider.from_cloud(pipeline.cloud, store, connector=RayStandIn(remote_cluster),
+                                  ip_lookup=lambda: "198.51.100.7", versions=VERSIONS, host="laptop",
+                                  poll_interval=0.01, sleep=lambda s: None)
+
+
 def _run(store, path, ray_node, remote_cluster, on_acquired=None, heartbeat_seconds=60.0):
     pipeline = load_pipeline(path)
-    provider = AwsProvider.from_cloud(pipeline.cloud, store, connector=RayStandIn(remote_cluster),
-                                      ip_lookup=lambda: "198.51.100.7", versions=VERSIONS, host="laptop",
-                                      poll_interval=0.01, sleep=lambda s: None)
+    provider = _aws(store, pipeline, remote_cluster)
     plan = make_plan(pipeline, load_profile_file(PROFILE))
     assert plan.placements["double"].provider == "aws"
     runner = Runner(store, pipeline, path, providers={"local": ray_node, "aws": provider}, plan=plan,
@@ -177,9 +182,7 @@ def test_a_stage_that_would_run_past_the_cap_is_stopped_before_it(store, write_p
         """)
     pipeline = load_pipeline(path)
     clock = FastClock(60)
-    provider = AwsProvider.from_cloud(pipeline.cloud, store, connector=RayStandIn(remote_cluster),
-                                      ip_lookup=lambda: "198.51.100.7", versions=VERSIONS, host="laptop",
-                                      poll_interval=0.01, sleep=lambda s: None)
+    provider = _aws(store, pipeline, remote_cluster)
     plan = make_plan(pipeline, load_profile_file(PROFILE))
     guard = BudgetGuard(store, pipeline, clock=clock)
     runner = Runner(store, pipeline, path, providers={"local": ray_node, "aws": provider}, plan=plan,
@@ -233,9 +236,7 @@ def test_faults_leave_nothing_tagged_running(fault, store, write_pipeline, ray_n
             run: echo going; sleep 30; exit 7
         """)
     pipeline = load_pipeline(path)
-    provider = AwsProvider.from_cloud(pipeline.cloud, store, connector=RayStandIn(remote_cluster),
-                                      ip_lookup=lambda: "198.51.100.7", versions=VERSIONS, host="laptop",
-                                      poll_interval=0.01, sleep=lambda s: None)
+    provider = _aws(store, pipeline, remote_cluster)
     if fault == "stage fails":
         path.write_text(path.read_text().replace("sleep 30; ", ""))
         pipeline = load_pipeline(path)
