@@ -53,32 +53,46 @@ def aws(moto_endpoint):
     return moto_endpoint
 
 
-class StandInHead:
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that answers with ``_send`` and logs nothing."""
+
+    def _send(self, code: int, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class LoopbackServer:
+    """An HTTP server on 127.0.0.1 (a free port) in a daemon thread; ``url``, then ``close()``."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]):
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class StandInHead(LoopbackServer):
     """A stand-in for a Ray head's dashboard: answers /api/version to the right bearer token."""
 
     def __init__(self, token: str = "stand-in-token"):
         self.token = token
         expected = "Bearer " + token
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self):  # noqa: N802
                 ok = self.path == "/api/version" and self.headers.get("Authorization") == expected
-                body = json.dumps({"ray_version": "stand-in"}).encode() if ok else b"{}"
-                self.send_response(200 if ok else 401)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self._send(200 if ok else 401, json.dumps({"ray_version": "stand-in"}).encode() if ok else b"{}")
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.address = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
+        self.address = self.url
 
 
 class StandInConnector:

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
 import time
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from moto_server import LoopbackServer, QuietHandler
 from providers.aws.bootstrap import BootstrapSpec, docs_block, render_user_data, watchdog_script
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,15 +49,14 @@ def test_docs_show_the_generated_script():
         "docs/cloud.md is stale: run `python -m providers.aws.bootstrap --write-docs docs/cloud.md`")
 
 
-class FakeImds:
+class FakeImds(LoopbackServer):
     """IMDSv2 stand-in: a token for PUT /latest/api/token, the heartbeat tag only with that token."""
 
     def __init__(self, heartbeat):
         self.heartbeat = heartbeat
-
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_PUT(self):  # noqa: N802
                 self._send(200, b"imds-token" if self.path == "/latest/api/token" else b"")
 
@@ -69,22 +67,7 @@ class FakeImds:
                     return self._send(200, outer.heartbeat().encode())
                 self._send(404, b"")
 
-            def _send(self, code, body):
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def start_watchdog(tmp_path, imds, idle=1, expires_in=3600):
