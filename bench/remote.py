@@ -30,15 +30,9 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=20)
     args = parser.parse_args()
 
-    import logging
+    from bench._moto import start_moto
 
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
-                      AWS_ENDPOINT_URL=f"http://127.0.0.1:{server.get_host_and_port()[1]}")
+    server = start_moto()
     import boto3
 
     from providers.local import LocalProvider

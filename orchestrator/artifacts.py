@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,20 +124,3 @@ def pipeline_fingerprint(pipeline: Pipeline, base_dir: Path) -> str:
             h = sha256_path(path)[0] if path.exists() else "missing"
             digest.update(f"{name}:{path}:{h}".encode())
     return digest.hexdigest()
-
-
-def link_or_copy_tree(src: Path, dst: Path) -> None:
-    """Make dst hold src's files, with hard links where the filesystem allows (cheap and safe,
-    because artifacts are never modified in place)."""
-    import shutil
-
-    if src.is_file():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-        return
-    for file in src.rglob("*"):
-        if file.is_file():
-            link_or_copy_tree(file, dst / file.relative_to(src))

@@ -29,7 +29,7 @@ def cloud_providers(store: Store, pipeline: Pipeline) -> dict[str, Provider]:
     """The providers a pipeline's `cloud:` section asks for (none for provider: none)."""
     from providers.registry import providers_for
 
-    return providers_for(store, pipeline.cloud, run_owner_pid=os.getpid())
+    return providers_for(store, pipeline.cloud)
 
 
 def plan_run(store: Store, pipeline: Pipeline, policy: str | None = None, *,
@@ -45,7 +45,7 @@ def plan_run(store: Store, pipeline: Pipeline, policy: str | None = None, *,
     return plan, profile
 
 
-def check_budget(store: Store, pipeline: Pipeline, plan: Plan, spent: float) -> None:
+def check_budget(pipeline: Pipeline, plan: Plan, spent: float) -> None:
     """Refuse, before anything starts, a plan whose estimate is over a cap (exit 3)."""
     from orchestrator.budget import check_plan
 
@@ -65,7 +65,7 @@ def execute(store: Store, pipeline: Pipeline, file: Path, *, resume: str | None 
     allow_cloud = monthly_allows_cloud(store, pipeline.name, pipeline.budget, clock.now())
     plan, profile = plan_run(store, pipeline, policy, allow_cloud=allow_cloud)
     require_feasible(plan)  # refused before anything starts or is paid for
-    check_budget(store, pipeline, plan, spent)
+    check_budget(pipeline, plan, spent)
     providers: dict[str, Provider] = {"local": local_provider(store, keep_ray)}
     if any(p.target == "cloud" for p in plan.placements.values()):
         providers.update(cloud_providers(store, pipeline))

@@ -8,7 +8,7 @@ from orchestrator.store import Store
 from providers.base import Provider
 
 
-def providers_for(store: Store, cloud: Cloud, run_owner_pid: int | None = None) -> dict[str, Provider]:
+def providers_for(store: Store, cloud: Cloud) -> dict[str, Provider]:
     if cloud.provider == "none":
         return {}
     if cloud.provider == "ray":
