@@ -146,6 +146,12 @@ def test_spot_interruption_reruns_the_stage_on_a_fresh_cluster(store, write_pipe
     assert "cluster lost" in attempts[0]["error"]
     assert len(acquired) == 2 and acquired[0] != acquired[1]
     assert _lhorch_left(ec2) == ([], [], [])
+    # A real interruption takes the first attempt down with its node; the stand-in cluster
+    # outlives it, so stop that attempt here rather than leave it sleeping after the tests.
+    from ray.job_submission import JobSubmissionClient
+
+    JobSubmissionClient(remote_cluster.address, headers=remote_cluster.auth_headers()).stop_job(
+        f"lhorch-{result.run_id}-double-1")
 
 
 class FastClock:
