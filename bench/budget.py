@@ -30,8 +30,8 @@ _HERE = Path(__file__).resolve().parent
 # This file is named budget.py: keep bench/ off the path so it can never shadow a module.
 sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
-from orchestrator.budget import CostMeter, Watchdog  # noqa: E402
-from orchestrator.clock import FakeClock  # noqa: E402
+from lhorch.orchestrator.budget.caps import CostMeter, Watchdog  # noqa: E402
+from lhorch.orchestrator.core.clock import FakeClock  # noqa: E402
 
 T0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
 INF = datetime.max.replace(tzinfo=timezone.utc)

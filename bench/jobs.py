@@ -34,8 +34,8 @@ def main() -> None:
     args = ap.parse_args()
     os.environ["LHORCH_RESOURCES"] = json.dumps({"cpus": args.cpus, "gpus": 0})
 
-    from jobs import finetune, preprocess, pretrain
-    from jobs.context import StageContext
+    from lhorch.jobs import finetune, preprocess, pretrain
+    from lhorch.jobs.context import StageContext
 
     with tempfile.TemporaryDirectory(prefix="lhorch-bench-") as tmp:
         root = Path(tmp)

@@ -37,7 +37,7 @@ def pipeline(n: int) -> str:
 
 def lhorch(args: list[str], env: dict[str, str]) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "from orchestrator.cli import main; main()", *args], env=env, check=True,
+    subprocess.run([sys.executable, "-c", "from lhorch.orchestrator.cli import main; main()", *args], env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - started
 
@@ -87,7 +87,7 @@ def main() -> None:
 
 
 def _stop_kept(env: dict[str, str]) -> None:
-    from providers.local import LocalProvider
+    from lhorch.providers.local import LocalProvider
 
     LocalProvider(Path(env["LHORCH_HOME"]), keep=True).release(force=True)
 

@@ -6,7 +6,7 @@ Random scenarios (seeded): random DAGs of 2-12 stages, profiles from a thin lapt
 workstation, a few catalogue offers with jittered prices, random budgets and deadlines. For each,
 the exact optimum of every policy's objective is found by exhaustive search over assignments (each
 stage: local + the scenario's 2-4 cloud offers, fewer for long pipelines so it stays tractable),
-evaluated with the same cost model and grouping the planner uses (policies.problem). Prints per
+evaluated with the same cost model and grouping the planner uses (lhorch.policies.problem). Prints per
 policy: objective ratio to the optimum (mean, worst), deadline misses the optimum avoids, budget
 violations (must be 0), refusals where a feasible plan exists, and cost/time against all-local and
 all-cloud; then the time to plan a 1,000-stage pipeline on the full catalogue (target < 1 s).
@@ -25,13 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orchestrator.estimator import Estimator, local_offer  # noqa: E402
-from orchestrator.planner import make_plan  # noqa: E402
-from orchestrator.profile import GpuInfo, Measurement, Profile  # noqa: E402
-from orchestrator.spec import Pipeline  # noqa: E402
-from policies.builtin import POLICIES  # noqa: E402
-from policies.problem import Problem  # noqa: E402
-from providers.aws.catalogue import catalogue_offers  # noqa: E402
+from lhorch.orchestrator.planning.estimator import Estimator, local_offer  # noqa: E402
+from lhorch.orchestrator.planning.planner import make_plan  # noqa: E402
+from lhorch.orchestrator.core.profile import GpuInfo, Measurement, Profile  # noqa: E402
+from lhorch.orchestrator.core.spec import Pipeline  # noqa: E402
+from lhorch.policies.builtin import POLICIES  # noqa: E402
+from lhorch.policies.problem import Problem  # noqa: E402
+from lhorch.providers.aws.catalogue import catalogue_offers  # noqa: E402
 
 ENUMERATION_LIMIT = 6000  # assignments per scenario for the exhaustive optimum
 EPS_USD = 0.01  # ratio of costs that may be 0: (x + 1 cent) / (opt + 1 cent)

@@ -35,9 +35,9 @@ def main() -> int:
     import torch.utils.benchmark as tb
     import_s = time.perf_counter() - t
 
-    from orchestrator.benchmarks import QUICK, THOROUGH, matmul_gflops
-    from orchestrator.profiler import get_profile
-    from orchestrator.store import Store
+    from lhorch.orchestrator.machine.microbench import QUICK, THOROUGH, matmul_gflops
+    from lhorch.orchestrator.machine.profiler import get_profile
+    from lhorch.orchestrator.state.store import Store
 
     settings = THOROUGH if args.thorough else QUICK
     n = args.n or settings.matmul_n_cpu

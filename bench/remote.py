@@ -35,7 +35,7 @@ def main() -> None:
     server = start_moto()
     import boto3
 
-    from providers.local import LocalProvider
+    from lhorch.providers.local import LocalProvider
 
     boto3.client("s3").create_bucket(Bucket="bench")
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,12 +57,12 @@ def main() -> None:
 
 
 def run_bench(args, tmp: Path, local, remote_node, times: dict[str, list[float]]) -> None:
-    from orchestrator.loader import load_pipeline
-    from orchestrator.runner import RunOptions, Runner, all_local_plan
-    from orchestrator.store import Store
-    from policies.model import Offer, Placement
-    from providers.base import ClusterRequest
-    from providers.ray_cluster import RayClusterProvider
+    from lhorch.orchestrator.pipeline.loader import load_pipeline
+    from lhorch.orchestrator.execution.runner import RunOptions, Runner, all_local_plan
+    from lhorch.orchestrator.state.store import Store
+    from lhorch.orchestrator.core.plan import Offer, Placement
+    from lhorch.orchestrator.core.cluster import ClusterRequest
+    from lhorch.providers.ray_cluster import RayClusterProvider
 
     request = ClusterRequest(run_id="bench", group="g", offer=Offer(provider="ray", vcpus=2, memory_gb=4))
     remote = remote_node.acquire(request)

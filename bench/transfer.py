@@ -31,7 +31,7 @@ def main() -> None:
     server = start_moto()
     import boto3
 
-    from providers.aws.s3 import S3ArtifactStore, ensure_bucket
+    from lhorch.providers.aws.s3 import S3ArtifactStore, ensure_bucket
 
     client = boto3.Session(region_name="us-east-1").client("s3")
     ensure_bucket(client, "lhorch-bench", "us-east-1", prefix="bench")

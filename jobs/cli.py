@@ -1,6 +1,6 @@
 """The command line every job shares, derived from its Params model.
 
-``python -m jobs.finetune --epochs 3 --input dataset=out/dataset --output-dir out/ft`` runs a job by
+``python -m lhorch.jobs.finetune --epochs 3 --input dataset=out/dataset --output-dir out/ft`` runs a job by
 hand. Run by lhorch, the same entry point reads ``LHORCH_PARAMS``, ``LHORCH_INPUTS`` and
 ``LHORCH_OUTPUT_DIR``; flags given on the command line win over the environment.
 """
@@ -17,7 +17,7 @@ from typing import Any, Callable
 import click
 from pydantic import BaseModel, ValidationError
 
-from jobs.context import MissingInput, StageContext, from_env
+from lhorch.jobs.context import MissingInput, StageContext, from_env
 
 
 def _option(name: str, field: Any) -> click.Option:

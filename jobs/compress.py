@@ -17,13 +17,13 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from jobs.cli import coerce, main
-from jobs.context import StageContext
-from jobs.data import load_dataset
-from jobs.device import set_threads, stage_resources
-from jobs.models import MODEL_FILE, count_parameters, load_model, model_file, quantize_dynamic_int8, save_model
-from jobs.params import CompressParams
-from jobs.training import as_tensors, evaluate, fit, seed_everything
+from lhorch.jobs.cli import coerce, main
+from lhorch.jobs.context import StageContext
+from lhorch.jobs.data import load_dataset
+from lhorch.jobs.device import set_threads, stage_resources
+from lhorch.jobs.models import MODEL_FILE, count_parameters, load_model, model_file, quantize_dynamic_int8, save_model
+from lhorch.jobs.params import CompressParams
+from lhorch.jobs.training import as_tensors, evaluate, fit, seed_everything
 
 
 @torch.no_grad()

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 
-from jobs.cli import coerce, main
-from jobs.context import StageContext
-from jobs.data import load_dataset
-from jobs.device import set_threads, stage_resources
-from jobs.models import MODEL_FILE, build_model, count_parameters, load_model, mlp_config, model_file, save_model
-from jobs.params import DistillParams
-from jobs.training import as_tensors, distillation_loss, evaluate, fit, predict, seed_everything
+from lhorch.jobs.cli import coerce, main
+from lhorch.jobs.context import StageContext
+from lhorch.jobs.data import load_dataset
+from lhorch.jobs.device import set_threads, stage_resources
+from lhorch.jobs.models import MODEL_FILE, build_model, count_parameters, load_model, mlp_config, model_file, save_model
+from lhorch.jobs.params import DistillParams
+from lhorch.jobs.training import as_tensors, distillation_loss, evaluate, fit, predict, seed_everything
 
 
 def run(params: DistillParams | dict | None, ctx: StageContext) -> dict:

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.cli import coerce, main
-from jobs.context import StageContext
-from jobs.data import load_dataset
-from jobs.device import set_threads, stage_resources
-from jobs.models import load_model, model_file
-from jobs.params import EvaluateParams
-from jobs.training import as_tensors, predict
+from lhorch.jobs.cli import coerce, main
+from lhorch.jobs.context import StageContext
+from lhorch.jobs.data import load_dataset
+from lhorch.jobs.device import set_threads, stage_resources
+from lhorch.jobs.models import load_model, model_file
+from lhorch.jobs.params import EvaluateParams
+from lhorch.jobs.training import as_tensors, predict
 
 
 def metrics_of(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:

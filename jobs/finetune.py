@@ -18,12 +18,12 @@ import shutil
 import time
 from pathlib import Path
 
-from jobs.cli import coerce, main
-from jobs.context import StageContext
-from jobs.device import stage_resources
-from jobs.finetune_loop import LocalSession, train_worker
-from jobs.models import MODEL_FILE, model_file
-from jobs.params import FinetuneParams
+from lhorch.jobs.cli import coerce, main
+from lhorch.jobs.context import StageContext
+from lhorch.jobs.device import stage_resources
+from lhorch.jobs.finetune_loop import LocalSession, train_worker
+from lhorch.jobs.models import MODEL_FILE, model_file
+from lhorch.jobs.params import FinetuneParams
 
 
 def _init_file(p: FinetuneParams, ctx: StageContext) -> Path:

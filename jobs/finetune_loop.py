@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from jobs.data import load_dataset
-from jobs.device import autocast_dtype, pick_device, set_threads
-from jobs.models import MODEL_FILE, build_model, mlp_config, save_model
-from jobs.params import FinetuneParams
-from jobs.training import as_tensors, batches, epoch_order, evaluate, seed_everything
+from lhorch.jobs.data import load_dataset
+from lhorch.jobs.device import autocast_dtype, pick_device, set_threads
+from lhorch.jobs.models import MODEL_FILE, build_model, mlp_config, save_model
+from lhorch.jobs.params import FinetuneParams
+from lhorch.jobs.training import as_tensors, batches, epoch_order, evaluate, seed_everything
 
 # Parameters that do not change the trained weights, so a checkpoint stays valid when they differ.
 _NOT_IN_FINGERPRINT = {"max_steps", "checkpoint_every", "keep_checkpoints", "engine", "init_checkpoint"}

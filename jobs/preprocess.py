@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from jobs import data
-from jobs.cli import coerce, main
-from jobs.context import StageContext
-from jobs.params import PreprocessParams
+from lhorch.jobs import data
+from lhorch.jobs.cli import coerce, main
+from lhorch.jobs.context import StageContext
+from lhorch.jobs.params import PreprocessParams
 
 
 def run(params: PreprocessParams | dict | None, ctx: StageContext) -> dict:

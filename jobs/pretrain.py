@@ -12,13 +12,13 @@ import json
 
 import torch
 
-from jobs.cli import coerce, main
-from jobs.context import StageContext
-from jobs.data import DataError, load_dataset
-from jobs.device import set_threads, stage_resources
-from jobs.models import MODEL_FILE, build_model, count_parameters, mlp_config, save_model
-from jobs.params import PretrainParams
-from jobs.training import as_tensors, evaluate, fit, seed_everything
+from lhorch.jobs.cli import coerce, main
+from lhorch.jobs.context import StageContext
+from lhorch.jobs.data import DataError, load_dataset
+from lhorch.jobs.device import set_threads, stage_resources
+from lhorch.jobs.models import MODEL_FILE, build_model, count_parameters, mlp_config, save_model
+from lhorch.jobs.params import PretrainParams
+from lhorch.jobs.training import as_tensors, evaluate, fit, seed_everything
 
 
 def _subset(X, y, classes: list[int]):

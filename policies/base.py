@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from policies.model import Offer, Plan
+from lhorch.orchestrator.core.plan import Offer, Plan
 
 if TYPE_CHECKING:  # the models only; policies never touch the orchestrator's I/O
-    from orchestrator.profile import Profile
-    from orchestrator.spec import Budget, Pipeline, Stage
+    from lhorch.orchestrator.core.profile import Profile
+    from lhorch.orchestrator.core.spec import Budget, Pipeline, Stage
 
 
 class StageEstimates(Protocol):
-    """What policies ask of an estimator; orchestrator.estimator.Estimator implements it."""
+    """What policies ask of an estimator; lhorch.orchestrator.planning.estimator.Estimator implements it."""
 
     def fit_problem(self, name: str, stage: "Stage", offer: Offer) -> str | None:
         """Why the stage cannot run on the offer, or None when it fits."""

@@ -15,15 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from orchestrator.durations import format_duration
-from policies.base import StageEstimates
-from policies.model import Offer, Placement, Plan
-from policies.problem import Outcome, Problem
-from policies.search import KeyFn, ScoreFn, optimise
+from lhorch.orchestrator.core.durations import format_duration
+from lhorch.policies.base import StageEstimates
+from lhorch.orchestrator.core.plan import Offer, Placement, Plan
+from lhorch.policies.problem import Outcome, Problem
+from lhorch.policies.search import KeyFn, ScoreFn, optimise
 
 if TYPE_CHECKING:
-    from orchestrator.profile import Profile
-    from orchestrator.spec import Budget, Pipeline
+    from lhorch.orchestrator.core.profile import Profile
+    from lhorch.orchestrator.core.spec import Budget, Pipeline
 
 Objective = Literal["local-first", "cheapest", "fastest", "balanced"]
 EPS_USD = 1e-9

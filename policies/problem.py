@@ -22,11 +22,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from policies.base import StageEstimates
-from policies.model import Offer
+from lhorch.policies.base import StageEstimates
+from lhorch.orchestrator.core.plan import Offer
 
 if TYPE_CHECKING:
-    from orchestrator.spec import Pipeline
+    from lhorch.orchestrator.core.spec import Pipeline
 
 MIN_BILLED_SECONDS = 60.0
 INF = float("inf")
@@ -48,7 +48,7 @@ class Problem:
     """Stages in topological order (index i), offers (index o) and per-(i, o) run times."""
 
     def __init__(self, pipeline: "Pipeline", offers: list[Offer], est: StageEstimates):
-        from orchestrator.spec import topological_order
+        from lhorch.orchestrator.core.graph import topological_order
 
         self.pipeline = pipeline
         self.offers = offers

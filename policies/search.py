@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from policies.problem import Outcome, Problem
+from lhorch.policies.problem import Outcome, Problem
 
 Key = tuple
 KeyFn = Callable[[Outcome, list[int]], Key]

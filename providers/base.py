@@ -7,7 +7,7 @@ Contract for every implementation:
   an error, so it is safe to call twice and from signal handlers and ``lhorch gc``.
 - ``sweep`` finds and deletes what outlived its run (expired, or no live run) and returns what it
   deleted; with ``dry_run`` it only returns what it would delete.
-- Providers raise (orchestrator.errors.CloudError and subclasses); they never print.
+- Providers raise (lhorch.orchestrator.core.errors.CloudError and subclasses); they never print.
 """
 
 from __future__ import annotations
@@ -15,42 +15,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
-
-from policies.model import Offer
-
-
-class ClusterRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    run_id: str
-    group: str = Field(..., description="Stages sharing one cluster; the cluster's name within the run.")
-    offer: Offer = Field(..., description="Instance type and market of every node.")
-    nodes: int = Field(1, ge=1, description="Head plus workers.")
-    owner: str = ""
-    expires_at: datetime | None = Field(None, description="Hard stop: the nodes terminate themselves then.")
-    idle_minutes: float = 10.0
-
-
-class Cluster(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    provider: str
-    name: str
-    run_id: str = ""
-    address: str = Field(..., description="Ray Jobs (dashboard) HTTP address, e.g. http://127.0.0.1:8265.")
-    token: SecretStr | None = Field(None, description="Ray auth token; SecretStr so it never prints.")
-    remote: bool = Field(False, description="True when the cluster does not share the local disk: artifacts go through S3.")
-    instance_ids: list[str] = Field(default_factory=list)
-    price_per_hour: float = 0.0
-    launched_at: datetime | None = None
-    expires_at: datetime | None = None
-    details: dict[str, str] = Field(default_factory=dict)
-
-    def auth_headers(self) -> dict[str, str]:
-        if self.token is None:
-            return {}
-        return {"Authorization": "Bearer " + self.token.get_secret_value()}
+from lhorch.orchestrator.core.cluster import Cluster, ClusterRequest
+from lhorch.orchestrator.core.plan import Offer
 
 
 @runtime_checkable

@@ -3,7 +3,7 @@
 lhorch starts the head for a run and stops it afterwards. With ``keep=True`` (``lhorch run
 --keep-ray``, or LHORCH_KEEP_RAY=1) the head stays up for the next run and is reused, which saves
 its start-up (~5-10 s on a 2-core laptop); ``lhorch down --local`` or ``lhorch gc`` stops it.
-The head runs under providers.ray_head, which stops it when its owner process dies, so even a
+The head runs under lhorch.providers.ray_head, which stops it when its owner process dies, so even a
 ``kill -9`` of lhorch leaves no Ray process behind (unless keep was asked for).
 """
 
@@ -26,9 +26,9 @@ from pathlib import Path
 import psutil
 from pydantic import SecretStr
 
-from orchestrator.errors import ClusterUnreachable
-from policies.model import Offer
-from providers.base import Cluster, ClusterRequest
+from lhorch.orchestrator.core.errors import ClusterUnreachable
+from lhorch.orchestrator.core.plan import Offer
+from lhorch.orchestrator.core.cluster import Cluster, ClusterRequest
 
 READY_TIMEOUT_S = 90.0
 
@@ -119,8 +119,7 @@ class LocalProvider:
         token = (self.dir / "token").read_text().strip()
         return Cluster(provider="local", name="local", run_id=run_id, address=info["address"],
                        token=SecretStr(token), remote=False,
-                       launched_at=datetime.fromisoformat(info["started_at"]),
-                       details={"guardian_pid": str(info["guardian_pid"]), "kept": str(info.get("keep", False))})
+                       launched_at=datetime.fromisoformat(info["started_at"]))
 
     def acquire(self, request: ClusterRequest) -> Cluster:
         info = self._read_info()
@@ -163,7 +162,7 @@ class LocalProvider:
         log = open(self.dir / "head.log", "ab")
         owner = 0 if self.keep else os.getpid()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "providers.ray_head", "--owner-pid", str(owner), "--", *args],
+            [sys.executable, "-m", "lhorch.providers.ray_head", "--owner-pid", str(owner), "--", *args],
             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
         log.close()

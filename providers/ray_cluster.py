@@ -14,12 +14,12 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from orchestrator.errors import ClusterUnreachable, UsageError
-from orchestrator.spec import Cloud
-from orchestrator.store import Store
-from policies.model import Offer
-from providers.base import Cluster, ClusterRequest
-from providers.local import wait_ready
+from lhorch.orchestrator.core.errors import ClusterUnreachable, UsageError
+from lhorch.orchestrator.core.spec import Cloud
+from lhorch.orchestrator.state.store import Store
+from lhorch.orchestrator.core.plan import Offer
+from lhorch.orchestrator.core.cluster import Cluster, ClusterRequest
+from lhorch.providers.local import wait_ready
 
 
 class RayClusterProvider:
@@ -58,7 +58,7 @@ class RayClusterProvider:
     def acquire(self, request: ClusterRequest) -> Cluster:
         cluster = Cluster(provider="ray", name=f"ray:{request.group}", run_id=request.run_id, address=self.address,
                           token=self._token, remote=True, launched_at=datetime.now(timezone.utc),
-                          details={"artifacts": self.artifact_base()})
+                          artifacts_uri=self.artifact_base())
         try:
             wait_ready(cluster.address, cluster.auth_headers(), timeout=self.ready_timeout)
         except ClusterUnreachable:

@@ -1,6 +1,6 @@
 """A Ray head on 127.0.0.1 that cannot outlive its owner.
 
-Run as ``python -m providers.ray_head --owner-pid PID --info FILE -- <ray start args>``, in a new
+Run as ``python -m lhorch.providers.ray_head --owner-pid PID --info FILE -- <ray start args>``, in a new
 session. It runs ``ray start --head --block`` as its child (same process group), writes nothing
 itself, and tears the whole group down when the owner process is gone (even after ``kill -9`` of
 lhorch), on SIGTERM, or when Ray exits. This is what makes "no Ray process is left running after a
@@ -28,7 +28,7 @@ def _alive(pid: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m providers.ray_head")
+    parser = argparse.ArgumentParser(prog="python -m lhorch.providers.ray_head")
     parser.add_argument("--owner-pid", type=int, required=True, help="Stop Ray when this process is gone (0: never).")
     parser.add_argument("ray_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)

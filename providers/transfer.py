@@ -1,6 +1,6 @@
 """Moving artifacts between the laptop and a remote cluster, by URI.
 
-The runner (on the laptop) and orchestrator.stage_exec (on the cluster's node) both go through
+The runner (on the laptop) and lhorch.orchestrator.execution.stage_wrapper (on the cluster's node) both go through
 ``store_for_uri``; only the scheme decides which SDK is imported, so the core never imports boto3.
 A URI ending in "/" is a folder, any other a single file.
 """
@@ -25,7 +25,7 @@ def s3_client():
 
 class S3Transfer:
     def __init__(self, bucket: str, client=None):
-        from providers.aws.s3 import S3ArtifactStore
+        from lhorch.providers.aws.s3 import S3ArtifactStore
 
         self.bucket = bucket
         self.store = S3ArtifactStore(bucket, "", client or s3_client())

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from moto_server import aws, moto_endpoint, stand_in_head  # noqa: F401  (fixtures for every test module)
-from orchestrator.store import Store
-from policies.model import Offer
-from providers.base import ClusterRequest
-from providers.local import LocalProvider
+from lhorch.orchestrator.state.store import Store
+from lhorch.orchestrator.core.plan import Offer
+from lhorch.orchestrator.core.cluster import ClusterRequest
+from lhorch.providers.local import LocalProvider
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def write_pipeline(tmp_path):
 
 def _ray_processes() -> list[str]:
     out = subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True).stdout.splitlines()
-    return [line for line in out if ("raylet" in line or "gcs_server" in line or "providers.ray_head" in line)
+    return [line for line in out if ("raylet" in line or "gcs_server" in line or "lhorch.providers.ray_head" in line)
             and " Z" not in line and "<defunct>" not in line]
 
 

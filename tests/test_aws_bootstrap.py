@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from moto_server import LoopbackServer, QuietHandler
-from providers.aws.bootstrap import BootstrapSpec, docs_block, render_user_data, watchdog_script
+from lhorch.providers.aws.bootstrap import BootstrapSpec, docs_block, render_user_data, watchdog_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,7 +46,7 @@ def test_user_data_parses_pins_and_arms_switches_first(tmp_path, role, head_ip):
 
 def test_docs_show_the_generated_script():
     assert docs_block() in (ROOT / "docs" / "cloud.md").read_text(), (
-        "docs/cloud.md is stale: run `python -m providers.aws.bootstrap --write-docs docs/cloud.md`")
+        "docs/cloud.md is stale: run `python -m lhorch.providers.aws.bootstrap --write-docs docs/cloud.md`")
 
 
 class FakeImds(LoopbackServer):

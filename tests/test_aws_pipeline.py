@@ -11,11 +11,11 @@ import boto3
 import pytest
 from pydantic import SecretStr
 
-from orchestrator.loader import load_pipeline
-from orchestrator.planner import make_plan
-from orchestrator.profiler import load_profile_file
-from orchestrator.runner import RunOptions, Runner
-from providers.aws.provider import AwsProvider
+from lhorch.orchestrator.pipeline.loader import load_pipeline
+from lhorch.orchestrator.planning.planner import make_plan
+from lhorch.orchestrator.machine.profiler import load_profile_file
+from lhorch.orchestrator.execution.runner import RunOptions, Runner
+from lhorch.providers.aws.provider import AwsProvider
 
 pytestmark = pytest.mark.ray
 PROFILE = Path(__file__).parent / "fixtures" / "profiles" / "cpu_4core.json"
@@ -95,7 +95,9 @@ def test_cloud_stage_runs_on_ec2_locked_down_and_nothing_is_left(store, write_pi
         # While the cluster is up: its security group and instances as AWS sees them.
         seen["instances"] = [i for r in ec2.describe_instances(InstanceIds=cluster.instance_ids)["Reservations"]
                              for i in r["Instances"]]
-        seen["group"] = ec2.describe_security_groups(GroupIds=[cluster.details["security_group"]])["SecurityGroups"][0]
+        group_ids = {g["GroupId"] for i in seen["instances"] for g in i["SecurityGroups"]}
+        assert len(group_ids) == 1, group_ids
+        seen["group"] = ec2.describe_security_groups(GroupIds=list(group_ids))["SecurityGroups"][0]
         seen["shutdown"] = [ec2.describe_instance_attribute(InstanceId=i, Attribute="instanceInitiatedShutdownBehavior")
                             ["InstanceInitiatedShutdownBehavior"]["Value"] for i in cluster.instance_ids]
 
@@ -173,8 +175,8 @@ class FastClock:
 
 
 def test_a_stage_that_would_run_past_the_cap_is_stopped_before_it(store, write_pipeline, ray_node, remote_cluster, aws):
-    from orchestrator import ledger
-    from orchestrator.budget_guard import BudgetGuard
+    from lhorch.orchestrator.state import ledger
+    from lhorch.orchestrator.budget.guard import BudgetGuard
 
     path = write_pipeline("""\
         name: capped

@@ -11,8 +11,8 @@ import pytest
 from botocore.stub import Stubber
 
 from moto_server import moto_endpoint  # noqa: F401 - fixture
-from policies.model import Offer
-from providers.aws.prices import PriceCache, PriceSource, parse_on_demand
+from lhorch.orchestrator.core.plan import Offer
+from lhorch.providers.aws.prices import PriceCache, PriceSource, parse_on_demand
 
 
 def product(price: str, unit: str = "Hrs") -> str:

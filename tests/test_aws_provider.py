@@ -21,13 +21,14 @@ from botocore.exceptions import ClientError
 from click.testing import CliRunner
 
 from moto_server import StandInConnector, aws, moto_endpoint, stand_in_head  # noqa: F401 - fixtures
-from orchestrator.errors import CapacityError, ClusterUnreachable
-from orchestrator.store import Store
-from policies.model import Offer
-from providers.aws.ec2 import BILLABLE_STATES
-from providers.aws.provider import AwsProvider
-from providers.aws.retry import Backoff
-from providers.base import ClusterRequest, Provider
+from lhorch.orchestrator.core.errors import CapacityError, ClusterUnreachable
+from lhorch.orchestrator.state.store import Store
+from lhorch.orchestrator.core.plan import Offer
+from lhorch.providers.aws.ec2 import BILLABLE_STATES
+from lhorch.providers.aws.provider import AwsProvider
+from lhorch.providers.aws.retry import Backoff
+from lhorch.orchestrator.core.cluster import ClusterRequest
+from lhorch.providers.base import Provider
 
 CALLER_IP = "203.0.113.7"
 VERSIONS = {"python": "3.11", "ray": "2.60.0", "lhorch": "0.1.0"}
@@ -181,7 +182,7 @@ def test_spot_offer_launches_spot(make_provider, run):
     cluster = p.acquire(request(run, offer=offer(market="spot", price=0.03)))
     (inst,) = lhorch_instances(p.ec2, run)
     assert inst.get("InstanceLifecycle") == "spot"
-    assert cluster.details["market"] == "spot"
+    assert cluster.market == "spot"
     p.release(cluster)
 
 
@@ -199,10 +200,10 @@ CRASH = textwrap.dedent("""
     from datetime import datetime, timedelta, timezone
     sys.path[:0] = [{root!r}, {tests!r}]
     from moto_server import StandInConnector
-    from orchestrator.store import Store
-    from policies.model import Offer
-    from providers.aws.provider import AwsProvider
-    from providers.base import ClusterRequest
+    from lhorch.orchestrator.state.store import Store
+    from lhorch.orchestrator.core.plan import Offer
+    from lhorch.providers.aws.provider import AwsProvider
+    from lhorch.providers.base import ClusterRequest
     p = AwsProvider(boto3.Session(region_name="us-east-1"), store=Store({home!r}), ip_lookup=lambda: "203.0.113.7",
                     versions={{"python": "3.11", "ray": "2.60.0", "lhorch": "0.1.0"}}, price_fallback=lambda r, s: [],
                     host="laptop", connector=StandInConnector(None), sleep=lambda s: None)
@@ -289,7 +290,7 @@ def test_capacity_error_everywhere_falls_back_to_sibling_type(make_provider, run
     cluster = p.acquire(request(run, offer=offer(market="spot")))
     (inst,) = lhorch_instances(p.ec2, run)
     assert inst["InstanceType"] != "m5.large" and inst["InstanceType"].endswith(".large")
-    assert cluster.details["instance_type"] == inst["InstanceType"]
+    assert cluster.instance_types == [inst["InstanceType"]]
     p.release(cluster)
 
 
@@ -360,7 +361,7 @@ def test_clusters_lists_what_is_up_with_price(make_provider, run):
 
 
 def test_cli_clusters_down_gc(make_provider, home, run):
-    from orchestrator.cli import main
+    from lhorch.orchestrator.cli import main
 
     p = make_provider(host=socket.gethostname())  # the CLI judges this host's runs
     p.acquire(request(run=run))

@@ -10,8 +10,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from moto_server import moto_endpoint  # noqa: F401 - fixture
-from orchestrator.errors import CloudError
-from providers.aws.s3 import MiB, S3ArtifactStore, ensure_bucket, file_sha256
+from lhorch.orchestrator.core.errors import CloudError
+from lhorch.providers.aws.s3 import MiB, S3ArtifactStore, ensure_bucket, file_sha256
 
 BUCKET = "lhorch-test-artifacts"
 

@@ -9,15 +9,14 @@ import pytest
 from click.testing import CliRunner
 from pydantic import BaseModel
 
-from orchestrator import ledger
-from orchestrator.budget import (CostMeter, Watchdog, check_plan, effective_cap, instance_cost,
-                                 monthly_allows_cloud)
-from orchestrator.cli import main
-from orchestrator.clock import FakeClock
-from orchestrator.errors import EXIT_BUDGET, BudgetError
-from orchestrator.spec import Budget
-from orchestrator.store import utcnow
-from policies.model import Placement, Plan
+from lhorch.orchestrator.state import ledger
+from lhorch.orchestrator.budget.caps import CostMeter, Watchdog, check_plan, effective_cap, instance_cost, monthly_allows_cloud
+from lhorch.orchestrator.cli import main
+from lhorch.orchestrator.core.clock import FakeClock
+from lhorch.orchestrator.core.errors import EXIT_BUDGET, BudgetError
+from lhorch.orchestrator.core.spec import Budget
+from lhorch.orchestrator.state.store import utcnow
+from lhorch.orchestrator.core.plan import Placement, Plan
 
 T0 = datetime(2024, 3, 10, 12, 0, tzinfo=timezone.utc)
 

@@ -14,15 +14,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from jobs import compress, distill, evaluate, finetune, preprocess, pretrain
-from jobs.cli import command
-from jobs.context import StageContext, from_env, to_env
-from jobs.data import load_dataset
-from jobs.models import load_model
-from jobs.params import FinetuneParams
-from jobs.registry import JOBS
-from orchestrator.errors import SpecError
-from orchestrator.loader import parse_pipeline
+from lhorch.jobs import compress, distill, evaluate, finetune, preprocess, pretrain
+from lhorch.jobs.cli import command
+from lhorch.jobs.context import StageContext, from_env, to_env
+from lhorch.jobs.data import load_dataset
+from lhorch.jobs.models import load_model
+from lhorch.jobs.params import FinetuneParams
+from lhorch.jobs.index import JOBS
+from lhorch.orchestrator.core.errors import SpecError
+from lhorch.orchestrator.pipeline.loader import parse_pipeline
 
 
 @pytest.fixture(autouse=True)

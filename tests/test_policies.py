@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from orchestrator.errors import BudgetError, InfeasibleError
-from orchestrator.loader import parse_pipeline
-from orchestrator.planner import make_plan, require_feasible
-from orchestrator.profile import Profile
-from providers.aws.catalogue import catalogue_offers, merge_live_prices
+from lhorch.orchestrator.core.errors import BudgetError, InfeasibleError
+from lhorch.orchestrator.pipeline.loader import parse_pipeline
+from lhorch.orchestrator.planning.planner import make_plan, require_feasible
+from lhorch.orchestrator.core.profile import Profile
+from lhorch.providers.aws.catalogue import catalogue_offers, merge_live_prices
 
 PROFILES = Path(__file__).parent / "fixtures" / "profiles"
 
@@ -176,7 +176,7 @@ def test_planning_200_stages_is_fast():
 # --- lhorch plan --------------------------------------------------------------------------------
 
 def _cli():
-    from orchestrator.cli import main
+    from lhorch.orchestrator.cli import main
 
     return main
 

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import benchmarks, history
-from orchestrator.benchmarks import BenchSettings, ObjectStoreUploader, measure_all, timed_loop
-from orchestrator.errors import UsageError
-from orchestrator.inventory import Inventory, parse_nvidia_smi, take_inventory
-from orchestrator.profile import GpuInfo, Measurement, Profile
-from orchestrator.profiler import PROFILE_ENV, cached_profiles, get_profile, load_profile_file
-from orchestrator.store import Store
+from lhorch.orchestrator.machine import microbench as benchmarks
+from lhorch.orchestrator.state import history
+from lhorch.orchestrator.machine.microbench import BenchSettings, ObjectStoreUploader, measure_all, timed_loop
+from lhorch.orchestrator.core.errors import UsageError
+from lhorch.orchestrator.machine.inventory import Inventory, parse_nvidia_smi, take_inventory
+from lhorch.orchestrator.core.profile import GpuInfo, Measurement, Profile
+from lhorch.orchestrator.machine.profiler import PROFILE_ENV, cached_profiles, get_profile, load_profile_file
+from lhorch.orchestrator.state.store import Store
 
 FIXTURES = Path(__file__).parent / "fixtures" / "profiles"
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
@@ -326,7 +327,7 @@ def cli(store):
     from click.testing import CliRunner
 
     try:
-        from orchestrator.cli import main
+        from lhorch.orchestrator.cli import main
     except ModuleNotFoundError as exc:  # the CLI package imports command modules other engineers own
         pytest.skip(f"lhorch CLI not importable yet: {exc}")
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import boto3
 import pytest
 
-from orchestrator.errors import ClusterUnreachable
-from orchestrator.loader import load_pipeline
-from orchestrator.planner import make_plan
-from orchestrator.profiler import load_profile_file
-from orchestrator.runner import RunOptions, Runner
-from providers.local import free_port
-from providers.ray_cluster import RayClusterProvider
+from lhorch.orchestrator.core.errors import ClusterUnreachable
+from lhorch.orchestrator.pipeline.loader import load_pipeline
+from lhorch.orchestrator.planning.planner import make_plan
+from lhorch.orchestrator.machine.profiler import load_profile_file
+from lhorch.orchestrator.execution.runner import RunOptions, Runner
+from lhorch.providers.local import free_port
+from lhorch.providers.ray_cluster import RayClusterProvider
 
 pytestmark = pytest.mark.ray
 PROFILE = Path(__file__).parent / "fixtures" / "profiles" / "cpu_4core.json"
@@ -121,7 +121,7 @@ def test_ctrl_c_stops_the_remote_stage(write_pipeline, home, remote_cluster, buc
         """)
     env = dict(os.environ, LHORCH_HOME=str(home), LHORCH_PROFILE=str(PROFILE),
                TEST_RAY_TOKEN=remote_cluster.token.get_secret_value())
-    proc = subprocess.Popen([sys.executable, "-c", "from orchestrator.cli import main; main()", "run", str(path)],
+    proc = subprocess.Popen([sys.executable, "-c", "from lhorch.orchestrator.cli import main; main()", "run", str(path)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     from ray.job_submission import JobSubmissionClient
 

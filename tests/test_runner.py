@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.loader import load_pipeline
-from orchestrator.runner import RunOptions, Runner
-from orchestrator.store import Store
+from lhorch.orchestrator.pipeline.loader import load_pipeline
+from lhorch.orchestrator.execution.runner import RunOptions, Runner
+from lhorch.orchestrator.state.store import Store
 
 pytestmark = pytest.mark.ray
 
@@ -214,7 +214,7 @@ def test_only_if_changed_skips_an_unchanged_run(store, write_pipeline, ray_node,
 
 
 def _lhorch(*args, env, **kw):
-    return subprocess.Popen([sys.executable, "-c", "from orchestrator.cli import main; main()", *args],
+    return subprocess.Popen([sys.executable, "-c", "from lhorch.orchestrator.cli import main; main()", *args],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 

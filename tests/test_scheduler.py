@@ -24,16 +24,16 @@ from zoneinfo import ZoneInfo
 import pytest
 from click.testing import CliRunner
 
-from orchestrator import schedules as sch
-from orchestrator.artifacts import pipeline_fingerprint
-from orchestrator.cli import main
-from orchestrator.clock import FakeClock
-from orchestrator.errors import LhorchError
-from orchestrator.loader import load_pipeline
-from orchestrator.notify import Notice, post_webhook, send
-from orchestrator.registry import Registry, decide
-from orchestrator.scheduler import LaunchRequest, RunResult, Scheduler, acquire_lock, parse_result
-from orchestrator.spec import Notify, Promotion
+from lhorch.orchestrator.scheduling import schedules as sch
+from lhorch.orchestrator.pipeline.artifacts import pipeline_fingerprint
+from lhorch.orchestrator.cli import main
+from lhorch.orchestrator.core.clock import FakeClock
+from lhorch.orchestrator.core.errors import LhorchError
+from lhorch.orchestrator.pipeline.loader import load_pipeline
+from lhorch.orchestrator.scheduling.notify import Notice, post_webhook, send
+from lhorch.orchestrator.scheduling.model_registry import Registry, decide
+from lhorch.orchestrator.scheduling.daemon import LaunchRequest, RunResult, Scheduler, acquire_lock, parse_result
+from lhorch.orchestrator.core.spec import Notify, Promotion
 
 UTC = timezone.utc
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -292,7 +292,7 @@ def test_regression_is_not_promoted_better_model_is_and_rollback(store, write_pi
 
 
 def test_gate_rules():
-    from orchestrator.registry import ModelVersion
+    from lhorch.orchestrator.scheduling.model_registry import ModelVersion
 
     cur = ModelVersion("p", 1, "r", "s", "/x", None, {"loss": 0.5, "f1_macro": 0.8}, "current", None, datetime.now(UTC))
     assert decide(Promotion(), {"f1_macro": 0.8}, cur)[0]  # at least as good
@@ -426,12 +426,12 @@ def test_real_scheduler_process_fires_runs_notifies_skips_and_stops_on_sigterm(h
     env = {**os.environ, "LHORCH_HOME": str(home), "LHORCH_TEST_WEBHOOK": url}
     log_path = home.parent / "scheduler.log"
     log_file = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-c", "from orchestrator.cli import main; main()", "scheduler",
+    proc = subprocess.Popen([sys.executable, "-c", "from lhorch.orchestrator.cli import main; main()", "scheduler",
                              "--poll", "0.5", "--grace", "10"], env=env, stdout=log_file, stderr=subprocess.STDOUT)
     try:
         lock = home / "scheduler.lock"
         _wait_for(lambda: lock.exists() and lock.read_text().strip() == str(proc.pid), 20, "the scheduler's lock")
-        second = subprocess.run([sys.executable, "-c", "from orchestrator.cli import main; main()", "scheduler"],
+        second = subprocess.run([sys.executable, "-c", "from lhorch.orchestrator.cli import main; main()", "scheduler"],
                                 env=env, capture_output=True, text=True, timeout=30)
         assert second.returncode == 2 and "another scheduler is already running" in second.stderr
 

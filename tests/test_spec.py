@@ -8,9 +8,9 @@ import textwrap
 import pytest
 from click.testing import CliRunner
 
-from orchestrator.cli import main
-from orchestrator.errors import SpecError
-from orchestrator.loader import load_pipeline, parse_pipeline
+from lhorch.orchestrator.cli import main
+from lhorch.orchestrator.core.errors import SpecError
+from lhorch.orchestrator.pipeline.loader import load_pipeline, parse_pipeline
 
 GOOD = """\
 name: digits-nightly
@@ -152,7 +152,7 @@ def test_bad_file_launches_nothing(write_pipeline, home):
     assert "unknown stage 'ghost'" in res.output
     # Nothing was recorded or started: no run in the store, no Ray node.
     assert not (home / "ray" / "head.json").exists()
-    from orchestrator.store import Store
+    from lhorch.orchestrator.state.store import Store
 
     assert Store(home).list_runs() == []
 
@@ -181,7 +181,7 @@ def test_schema_has_a_description_on_every_field():
 
 
 def test_durations():
-    from orchestrator.durations import parse_duration
+    from lhorch.orchestrator.core.durations import parse_duration
 
     assert parse_duration("1h30m") == 5400
     assert parse_duration(90) == 90
@@ -198,7 +198,7 @@ def test_needs_order_and_ancestors():
           c: {run: echo, needs: [a]}
           a: {run: echo}
         """))
-    from orchestrator.spec import ancestors, topological_order
+    from lhorch.orchestrator.core.graph import ancestors, topological_order
 
     order = topological_order(p.stages)
     assert order.index("a") < order.index("b") < order.index("d")

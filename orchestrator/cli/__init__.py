@@ -7,8 +7,8 @@ import sys
 
 import click
 
-from orchestrator import __version__
-from orchestrator.errors import LhorchError
+from lhorch.orchestrator.core.version import __version__
+from lhorch.orchestrator.core.errors import LhorchError
 
 
 class _Group(click.Group):
@@ -35,7 +35,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 def _register() -> None:
-    from orchestrator.cli import cloud, cost, models, plan, profile, runs, schedule
+    from lhorch.orchestrator.cli import cloud, cost, models, plan, profile, runs, schedule
 
     for module in (runs, plan, profile, cloud, cost, schedule, models):
         for command in module.COMMANDS:

@@ -1,7 +1,7 @@
 """`lhorch clusters`, `lhorch down`, `lhorch gc`: see what is up in the cloud, and make sure nothing
 is left running. The provider is built from the standard AWS settings of the environment
 (AWS_PROFILE, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL ...); boto3 is imported only through
-providers.aws, only when one of these commands runs."""
+lhorch.providers.aws, only when one of these commands runs."""
 
 from __future__ import annotations
 
@@ -12,28 +12,26 @@ from datetime import datetime, timezone
 
 import click
 
-from orchestrator.cli.output import console
-from orchestrator.store import Store
+from lhorch.orchestrator.cli.output import console
+from lhorch.orchestrator.state.store import Store
 
 
 def _provider(store: Store, region: str | None = None):
-    from providers.aws.provider import (
-        AwsProvider,  # imports boto3; only when a cloud command runs
-    )
+    from lhorch.providers.aws.provider import AwsProvider
 
     return AwsProvider.from_environment(store, region)
 
 
 def _regions(store: Store, default: str) -> list[str]:
     """The configured region plus every region lhorch recorded a still-open resource in."""
-    from providers.aws import records
+    from lhorch.providers.aws import records
 
     regions = {default} | {r["details"].get("region") for r in records.open_rows(store)}
     return sorted(r for r in regions if r)
 
 
 def _aws_call(fn):
-    from providers.aws.provider import aws_errors
+    from lhorch.providers.aws.provider import aws_errors
 
     with aws_errors():
         return fn()
@@ -79,8 +77,8 @@ def clusters_cmd(as_json: bool) -> None:
 
     table = Table("run", "group", "region", "instances", "types", "$/hour", "up since", "expires")
     for c in found:
-        table.add_row(c.run_id, c.details.get("group", ""), c.details.get("region", ""), str(len(c.instance_ids)),
-                      c.details.get("instance_types", ""), f"{c.price_per_hour:.3f}",
+        table.add_row(c.run_id, c.group, c.region or "", str(len(c.instance_ids)),
+                      ",".join(c.instance_types), f"{c.price_per_hour:.3f}",
                       c.launched_at.strftime("%Y-%m-%d %H:%M") if c.launched_at else "",
                       c.expires_at.strftime("%Y-%m-%d %H:%M") if c.expires_at else "")
     console().print(table)
@@ -94,7 +92,7 @@ def down_cmd(run: str | None, local_only: bool) -> None:
     """Release the clusters of RUN, or every lhorch cluster when RUN is omitted."""
     store = Store()
     if local_only:
-        from providers.local import LocalProvider
+        from lhorch.providers.local import LocalProvider
 
         kept = LocalProvider(store.home).clusters()
         LocalProvider(store.home).release(force=True)
@@ -121,8 +119,8 @@ def down_cmd(run: str | None, local_only: bool) -> None:
 def gc_cmd(dry_run: bool) -> None:
     """Delete every lhorch-tagged instance, security group, key pair and token parameter that is
     past its expiry or whose run is no longer live on this host."""
-    from orchestrator.errors import LhorchError
-    from providers.local import LocalProvider
+    from lhorch.orchestrator.core.errors import LhorchError
+    from lhorch.providers.local import LocalProvider
 
     store = Store()
     live = live_runs(store)

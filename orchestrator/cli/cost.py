@@ -9,9 +9,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator import ledger
-from orchestrator.errors import NotFoundError
-from orchestrator.store import Store, utcnow
+from lhorch.orchestrator.state import ledger
+from lhorch.orchestrator.core.errors import NotFoundError
+from lhorch.orchestrator.state.store import Store, utcnow
 
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 

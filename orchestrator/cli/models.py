@@ -6,9 +6,9 @@ import json
 
 import click
 
-from orchestrator.registry import Registry
-from orchestrator.spec import Promotion
-from orchestrator.store import Store, iso
+from lhorch.orchestrator.scheduling.model_registry import Registry
+from lhorch.orchestrator.core.spec import Promotion
+from lhorch.orchestrator.state.store import Store, iso
 
 
 def _fmt_metric(metrics: dict, name: str) -> str:

@@ -12,10 +12,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.cli.output import console
-from orchestrator.durations import format_duration
-from orchestrator.profile import Profile
-from policies.model import Plan
+from lhorch.orchestrator.cli.output import console
+from lhorch.orchestrator.core.durations import format_duration
+from lhorch.orchestrator.core.profile import Profile
+from lhorch.orchestrator.core.plan import Plan
 
 POLICY_NAMES = ["local-first", "cheapest", "fastest", "balanced"]
 
@@ -54,9 +54,9 @@ def render(plan: Plan, console: Console) -> None:
               help="Plan for the machine described in this Profile JSON instead of this one.")
 def plan(pipeline_file: Path, policy: str | None, as_json: bool, profile_file: Path | None) -> None:
     """Show where each stage would run, its estimated time and cost, and why."""
-    from orchestrator.loader import load_pipeline
-    from orchestrator.planner import history_observations, make_plan, require_feasible
-    from orchestrator.store import Store
+    from lhorch.orchestrator.pipeline.loader import load_pipeline
+    from lhorch.orchestrator.planning.planner import history_observations, make_plan, require_feasible
+    from lhorch.orchestrator.state.store import Store
 
     pipeline = load_pipeline(pipeline_file)
     store = Store()
@@ -64,7 +64,7 @@ def plan(pipeline_file: Path, policy: str | None, as_json: bool, profile_file: P
         if profile_file is not None:
             profile = Profile.model_validate_json(profile_file.read_text(encoding="utf-8"))
         else:
-            from orchestrator.profiler import get_profile
+            from lhorch.orchestrator.machine.profiler import get_profile
 
             profile = get_profile(store, profile_file=None)
         observations, output_gb = history_observations(store, pipeline, profile)

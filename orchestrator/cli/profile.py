@@ -8,14 +8,14 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.cli.output import console
-from orchestrator.profile import Profile
+from lhorch.orchestrator.cli.output import console
+from lhorch.orchestrator.core.profile import Profile
 
 
 def _s3_uploader(bucket: str):
     # The S3 client comes from the provider layer: the core never imports boto3 itself.
-    from orchestrator.benchmarks import ObjectStoreUploader
-    from providers.transfer import s3_client
+    from lhorch.orchestrator.machine.microbench import ObjectStoreUploader
+    from lhorch.providers.transfer import s3_client
 
     return ObjectStoreUploader(s3_client(), bucket)
 
@@ -34,8 +34,8 @@ def profile(as_json: bool, refresh: bool, thorough: bool, profile_file: Path | N
 
     Measurements take a few seconds and are cached for 7 days per hardware fingerprint; the
     inventory and current load are always read live."""
-    from orchestrator.profiler import dump_profile_json, get_profile
-    from orchestrator.store import Store
+    from lhorch.orchestrator.machine.profiler import dump_profile_json, get_profile
+    from lhorch.orchestrator.state.store import Store
 
     uploader = _s3_uploader(upload_bucket) if upload_bucket else None
     store = Store()

@@ -10,16 +10,12 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from orchestrator.cli.output import console
-from orchestrator.errors import (
-    EXIT_BUDGET,
-    EXIT_INTERRUPTED,
-    EXIT_STAGE_FAILED,
-    NotFoundError,
-)
-from orchestrator.loader import load_pipeline
-from orchestrator.spec import Pipeline, topological_order
-from orchestrator.store import Store
+from lhorch.orchestrator.cli.output import console
+from lhorch.orchestrator.core.errors import EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_STAGE_FAILED, NotFoundError
+from lhorch.orchestrator.pipeline.loader import load_pipeline
+from lhorch.orchestrator.core.spec import Pipeline
+from lhorch.orchestrator.core.graph import topological_order
+from lhorch.orchestrator.state.store import Store
 
 out = console()
 
@@ -63,7 +59,7 @@ def schema() -> None:
 def run(file: Path | None, resume: str | None, fresh: bool, policy: str | None, keep_ray: bool, only_if_changed: bool,
         trigger: str, quiet: bool, as_json: bool) -> None:
     """Run a pipeline. Re-running after a crash resumes where it stopped."""
-    from orchestrator.execution import execute
+    from lhorch.orchestrator.execution.pipeline_run import execute
 
     store = Store()
     if file is None:

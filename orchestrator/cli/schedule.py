@@ -16,10 +16,10 @@ from pathlib import Path
 
 import click
 
-from orchestrator import schedules as sch
-from orchestrator.clock import SystemClock
-from orchestrator.errors import UsageError
-from orchestrator.store import Store, lhorch_home
+from lhorch.orchestrator.scheduling import schedules as sch
+from lhorch.orchestrator.core.clock import SystemClock
+from lhorch.orchestrator.core.errors import UsageError
+from lhorch.orchestrator.state.store import Store, lhorch_home
 
 
 def _store() -> Store:
@@ -42,7 +42,7 @@ def schedule() -> None:
 @click.option("--name", help="Schedule name (default: the pipeline's name).")
 def add_cmd(file: Path, cron: str | None, tz: str | None, name: str | None) -> None:
     """Schedule the pipeline in FILE (adding it again updates it)."""
-    from orchestrator.loader import load_pipeline
+    from lhorch.orchestrator.pipeline.loader import load_pipeline
 
     pipeline = load_pipeline(file)
     spec = pipeline.schedule
@@ -179,7 +179,7 @@ class ServicePlan:
 
 def _scheduler_argv() -> list[str]:
     exe = shutil.which("lhorch")
-    return [exe, "scheduler"] if exe else [sys.executable, "-c", "from orchestrator.cli import main; main()", "scheduler"]
+    return [exe, "scheduler"] if exe else [sys.executable, "-c", "from lhorch.orchestrator.cli import main; main()", "scheduler"]
 
 
 def _pick_system(system: str) -> str:
@@ -327,7 +327,7 @@ def _print_plan(plan: ServicePlan) -> None:
 @click.option("--run-cmd", hidden=True, help="Command that runs a pipeline (default: this Python's `lhorch run`).")
 def scheduler(once: bool, poll: float, grace: float, misfire_grace: float, run_cmd: str | None) -> None:
     """Fire scheduled pipeline runs until stopped (one scheduler per LHORCH_HOME)."""
-    from orchestrator.scheduler import Scheduler, SubprocessLauncher, acquire_lock
+    from lhorch.orchestrator.scheduling.daemon import Scheduler, SubprocessLauncher, acquire_lock
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     store = _store()

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from policies.model import Offer
+from lhorch.orchestrator.core.plan import Offer
 
 CATALOGUE_FILE = Path(__file__).with_name("catalogue.json")
 TEARDOWN_SECONDS = 30.0  # terminate call to "terminated": billed, not on the critical path

@@ -20,8 +20,8 @@ from typing import Protocol, runtime_checkable
 
 from pydantic import SecretStr
 
-from orchestrator.errors import ClusterUnreachable
-from providers.aws.bootstrap import RAY_DASHBOARD_PORT
+from lhorch.orchestrator.core.errors import ClusterUnreachable
+from lhorch.providers.aws.bootstrap import RAY_DASHBOARD_PORT
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from typing import Any, Callable, Iterable
 
 from botocore.exceptions import ClientError
 
-from orchestrator.errors import CapacityError, CloudError
-from providers.aws.retry import Backoff, error_code
-from providers.aws.security import tag_list
+from lhorch.orchestrator.core.errors import CapacityError, CloudError
+from lhorch.providers.aws.retry import Backoff, error_code
+from lhorch.providers.aws.security import tag_list
 
 TAG_RUN = "lhorch:run-id"
 TAG_GROUP = "lhorch:group"

@@ -21,8 +21,8 @@ from typing import Any, Callable
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from policies.model import Offer
-from providers.aws.ec2 import instance_facts
+from lhorch.orchestrator.core.plan import Offer
+from lhorch.providers.aws.ec2 import instance_facts
 
 Clock = Callable[[], datetime]
 Fallback = Callable[[str, bool], list[Offer]]
@@ -31,7 +31,7 @@ PRICING_REGION = "us-east-1"
 
 
 def bundled_catalogue(region: str, spot: bool) -> list[Offer]:
-    from providers.aws.catalogue import catalogue_offers  # owned by the policies work; imported late
+    from lhorch.providers.aws.catalogue import catalogue_offers  # owned by the policies work; imported late
 
     return catalogue_offers(region, spot)
 

@@ -1,4 +1,4 @@
-"""``AwsProvider``: Ray clusters on EC2 behind the ``providers.base.Provider`` contract.
+"""``AwsProvider``: Ray clusters on EC2 behind the ``lhorch.providers.base.Provider`` contract.
 
 Every external effect is preceded by an intent row in ``cloud_resources`` and every resource is
 tagged (``lhorch:run-id``, ``lhorch:group``, ``lhorch:owner``, ``lhorch:expires-at``, ``lhorch:host``,
@@ -22,18 +22,17 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import SecretStr
 
-from orchestrator.errors import CloudError, ClusterUnreachable, UsageError
-from orchestrator.store import Store, utcnow
-from policies.model import Offer
-from providers.aws import ec2 as ec2ops
-from providers.aws import records, security
-from providers.aws.bootstrap import BootstrapSpec, local_versions, render_user_data
-from providers.aws.connect import HeadConnector, HeadNode, SsmPortForward, probe
-from providers.aws.ec2 import (BILLABLE_STATES, TAG_EXPIRES, TAG_GROUP, TAG_HEARTBEAT, TAG_HOST, TAG_MARKET,
-                               TAG_NODE, TAG_OWNER, TAG_PRICE, TAG_ROLE, TAG_RUN, UP_STATES, Candidate, tags_of)
-from providers.aws.prices import PriceCache, PriceSource, bundled_catalogue
-from providers.aws.retry import Backoff, error_code
-from providers.base import Cluster, ClusterRequest
+from lhorch.orchestrator.core.errors import CloudError, ClusterUnreachable, UsageError
+from lhorch.orchestrator.state.store import Store, utcnow
+from lhorch.orchestrator.core.plan import Offer
+from lhorch.providers.aws import ec2 as ec2ops
+from lhorch.providers.aws import records, security
+from lhorch.providers.aws.bootstrap import BootstrapSpec, local_versions, render_user_data
+from lhorch.providers.aws.connect import HeadConnector, HeadNode, SsmPortForward, probe
+from lhorch.providers.aws.ec2 import BILLABLE_STATES, TAG_EXPIRES, TAG_GROUP, TAG_HEARTBEAT, TAG_HOST, TAG_MARKET, TAG_NODE, TAG_OWNER, TAG_PRICE, TAG_ROLE, TAG_RUN, UP_STATES, Candidate, tags_of
+from lhorch.providers.aws.prices import PriceCache, PriceSource, bundled_catalogue
+from lhorch.providers.aws.retry import Backoff, error_code
+from lhorch.orchestrator.core.cluster import Cluster, ClusterRequest
 
 @contextmanager
 def aws_errors() -> Iterator[None]:
@@ -161,7 +160,7 @@ class AwsProvider:
 
     @classmethod
     def from_cloud(cls, cloud: Any, store: Store, **overrides: Any) -> "AwsProvider":
-        """Build from a pipeline's ``cloud:`` section (orchestrator.spec.Cloud)."""
+        """Build from a pipeline's ``cloud:`` section (lhorch.orchestrator.core.spec.Cloud)."""
         import boto3
 
         session = boto3.Session(profile_name=cloud.profile, region_name=cloud.region)
@@ -245,7 +244,9 @@ class AwsProvider:
         launched = min(running[i]["LaunchTime"] for i in ids)
         return Cluster(provider="aws", name=name, run_id=request.run_id, address=address, token=auth, remote=True,
                        instance_ids=ids, price_per_hour=price, launched_at=launched, expires_at=expires,
-                       details={k: str(v) for k, v in details.items()})
+                       group=request.group, region=self.region, head_id=ids[0],
+                       instance_types=sorted({running[i]["InstanceType"] for i in ids}), market=details["market"],
+                       owner=request.owner, host=self.host, artifacts_uri=details["artifacts"])
 
     def _ensure_token(self, request: ClusterRequest, tags: dict[str, str]) -> SecretStr:
         param = self.token_parameter(request.run_id, request.group)
@@ -279,7 +280,7 @@ class AwsProvider:
         lifecycle rule) when ``cloud.bucket`` is unset. Resolved before the node role, which is
         scoped to it."""
         if not getattr(self, "_bucket_ready", False):
-            from providers.aws.s3 import default_bucket_name, ensure_bucket
+            from lhorch.providers.aws.s3 import default_bucket_name, ensure_bucket
 
             if not self.bucket:
                 self.bucket = default_bucket_name(self.identity()["account"], self.region)
@@ -419,13 +420,13 @@ class AwsProvider:
         """Check in (tag ``lhorch:heartbeat`` = now on every node, which their dead-man switch reads)
         and check the head is still running; raise ClusterUnreachable if it is not (e.g. spot
         interruption). Call it every minute or so while the cluster is in use."""
-        run_id, group = cluster.run_id, cluster.details.get("group", "")
+        run_id, group = cluster.run_id, cluster.group
         nodes = ec2ops.cluster_instances(self.ec2, run_id, group, BILLABLE_STATES)
         up = [i for i in nodes if i["State"]["Name"] in UP_STATES]
         if up:
             self.backoff.call(lambda: self.ec2.create_tags(
                 Resources=[i["InstanceId"] for i in up], Tags=[{"Key": TAG_HEARTBEAT, "Value": _iso(self.clock())}]))
-        head = cluster.details.get("head") or (cluster.instance_ids[0] if cluster.instance_ids else None)
+        head = cluster.head_id or (cluster.instance_ids[0] if cluster.instance_ids else None)
         if head not in {i["InstanceId"] for i in up}:
             raise ClusterUnreachable(f"the head {head} of {cluster.name} is no longer running",
                                      hint="It was terminated (spot interruption, hard stop or dead-man switch); "
@@ -452,19 +453,18 @@ class AwsProvider:
                 price_per_hour=sum(float(tags_of(i).get(TAG_PRICE, 0) or 0) for i in insts),
                 launched_at=min(i["LaunchTime"] for i in insts),
                 expires_at=datetime.fromisoformat(expires) if expires else None,
-                details={"group": group, "region": self.region, "head": insts[0]["InstanceId"],
-                         "owner": t.get(TAG_OWNER, ""), "host": t.get(TAG_HOST, ""),
-                         "instance_types": ",".join(sorted({i["InstanceType"] for i in insts})),
-                         "market": t.get(TAG_MARKET, "")}))
+                group=group, region=self.region, head_id=insts[0]["InstanceId"],
+                owner=t.get(TAG_OWNER, ""), host=t.get(TAG_HOST, ""),
+                instance_types=sorted({i["InstanceType"] for i in insts}), market=t.get(TAG_MARKET, "")))
         return out
 
     # --- teardown ------------------------------------------------------------------------------
     def release(self, cluster: Cluster) -> None:
         head = None
-        if cluster.details.get("head"):
-            head = HeadNode(cluster=cluster.name, instance_id=cluster.details["head"], region=self.region,
+        if cluster.head_id:
+            head = HeadNode(cluster=cluster.name, instance_id=cluster.head_id, region=self.region,
                             private_ip=None, public_ip=None, token=SecretStr(""))
-        self._teardown(cluster.run_id, cluster.details.get("group", ""), head=head, extra_ids=cluster.instance_ids)
+        self._teardown(cluster.run_id, cluster.group, head=head, extra_ids=cluster.instance_ids)
 
     def release_run(self, run_id: str) -> list[str]:
         """Release every cluster of a run that is known here or tagged in AWS; return their names."""

@@ -9,7 +9,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from orchestrator.store import Store, iso, utcnow
+from lhorch.orchestrator.state.store import Store, iso, utcnow
 
 PROVIDER = "aws"
 

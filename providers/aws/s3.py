@@ -25,8 +25,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from orchestrator.errors import CloudError
-from providers.aws.retry import error_code
+from lhorch.orchestrator.core.errors import CloudError
+from lhorch.providers.aws.retry import error_code
 
 MiB = 1024 * 1024
 MAX_PARTS = 10_000

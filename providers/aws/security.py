@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from botocore.exceptions import ClientError
 
-from providers.aws.retry import error_code
+from lhorch.providers.aws.retry import error_code
 
 RAY_PORTS = (6379, 8265, 10001)
 

@@ -1,0 +1,57 @@
+"""Which built-in jobs exist, their parameter models and the outputs they write.
+
+Only pydantic models are imported here (from jobs/params.py), never torch, so that `lhorch validate`
+checks a job's parameters in milliseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from lhorch.jobs import params as p
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    name: str  # as written in `uses:`, e.g. jobs.finetune
+    params: type[BaseModel]
+    outputs: tuple[str, ...]
+    summary: str
+    # True for jobs that start their own Ray Train workers: the runner then reserves no CPU for the
+    # job's driver, so that the workers can have the stage's CPUs (and GPUs) on the same cluster.
+    distributed: bool = False
+
+    @property
+    def module(self) -> str:
+        """The Python module that runs it: `uses: jobs.X` names lhorch's installed `lhorch.jobs.X`."""
+        return "lhorch." + self.name
+
+
+JOBS: dict[str, JobInfo] = {
+    job.name: job
+    for job in [
+        JobInfo("jobs.preprocess", p.PreprocessParams, ("dataset",),
+                "Clean, split (stratified, seeded), augment and normalise digits or your CSV/NPZ."),
+        JobInfo("jobs.pretrain", p.PretrainParams, ("checkpoint",),
+                "Pretrain an MLP backbone on a subset of the classes (pretext task)."),
+        JobInfo("jobs.finetune", p.FinetuneParams, ("model", "history", "checkpoints"),
+                "Transfer learning on Ray Train: new head, optional frozen backbone, AMP, accumulation, resume.",
+                distributed=True),
+        JobInfo("jobs.distill", p.DistillParams, ("model", "report"),
+                "Distil a smaller student from the teacher `model` on softened outputs."),
+        JobInfo("jobs.compress", p.CompressParams, ("model", "report"),
+                "Magnitude pruning and dynamic int8 quantization; size, latency and accuracy before/after."),
+        JobInfo("jobs.evaluate", p.EvaluateParams, ("metrics",),
+                "Accuracy, macro precision/recall/F1 and confusion matrix on the test split, with a plot."),
+    ]
+}
+
+
+def find_job(name: str) -> JobInfo | None:
+    return JOBS.get(name)
+
+
+def job_names() -> list[str]:
+    return sorted(JOBS)

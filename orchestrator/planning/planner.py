@@ -1,0 +1,100 @@
+"""Glue: a pipeline, a profile and offers in, a Plan out. Offers for a pipeline's cloud settings,
+the policy from the pipeline (or an override), and the typed error for a refused plan.
+
+Pure apart from reading the bundled AWS catalogue file; the CLI gathers the profile and history.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Iterable
+
+from lhorch.orchestrator.core.errors import BudgetError, InfeasibleError
+from lhorch.orchestrator.planning.estimator import DEFAULT_GPU_GFLOPS, Estimator, Observations, local_offer
+from lhorch.orchestrator.core.profile import Profile
+from lhorch.orchestrator.core.spec import Pipeline
+from lhorch.policies.base import Policy
+from lhorch.orchestrator.core.plan import Offer, Plan
+
+# An existing Ray cluster (cloud.provider: ray) is already paid for and its shape is not known
+# before connecting: plan it as one large node at no marginal cost that needs no start-up.
+RAY_CLUSTER_OFFER = dict(provider="ray", instance_type="ray-cluster", market="fixed", vcpus=64, memory_gb=256,
+                         gpus=8, gpu_memory_gb=24, gflops_fp32=3200, gpu_gflops=DEFAULT_GPU_GFLOPS,
+                         price_per_hour=0.0, startup_seconds=0.0, price_source="fixed")
+
+
+def cloud_offers(pipeline: Pipeline) -> list[Offer]:
+    """The cloud offers a pipeline's ``cloud`` section allows (no local node)."""
+    cloud = pipeline.cloud
+    if cloud.provider == "aws":
+        from lhorch.providers.aws.catalogue import catalogue_offers  # the catalogue needs no boto3
+
+        return catalogue_offers(region=cloud.region, spot=cloud.spot, only=cloud.instance_types or None)
+    if cloud.provider == "ray":
+        return [Offer(**RAY_CLUSTER_OFFER)]  # type: ignore[arg-type]
+    return []
+
+
+def default_offers(pipeline: Pipeline, profile: Profile) -> list[Offer]:
+    return [local_offer(profile, pipeline.policy.electricity_usd_per_hour), *cloud_offers(pipeline)]
+
+
+def _usable(pipeline: Pipeline, offers: Iterable[Offer], profile: Profile) -> list[Offer]:
+    cloud = pipeline.cloud
+    kept = [o for o in offers if o.is_local or cloud.provider != "none"]
+    kept = [o for o in kept if o.market != "spot" or cloud.spot]
+    if cloud.instance_types:
+        kept = [o for o in kept if o.is_local or o.provider != "aws" or o.instance_type in cloud.instance_types]
+    if not any(o.is_local for o in kept):
+        kept.insert(0, local_offer(profile, pipeline.policy.electricity_usd_per_hour))
+    return kept
+
+
+def make_plan(pipeline: Pipeline, profile: Profile, offers: list[Offer] | None = None,
+              observations: Observations = None, policy: str | Policy | None = None,
+              observed_output_gb: dict[str, float] | None = None) -> Plan:
+    """Plan ``pipeline`` on ``offers`` (default: local + what ``pipeline.cloud`` allows).
+
+    ``observations``: recorded seconds, ``{stage: {machine: [seconds, ...]}}`` or a callable
+    ``stage -> {machine: [seconds]}``; machine is "local" or an instance type. ``policy``: a name
+    or a Policy; default ``pipeline.policy.name``. Returns the Plan even when infeasible; see
+    :func:`require_feasible`.
+    """
+    from lhorch.policies.builtin import get_policy
+
+    usable = _usable(pipeline, default_offers(pipeline, profile) if offers is None else offers, profile)
+    chosen = get_policy(policy or pipeline.policy.name) if policy is None or isinstance(policy, str) else policy
+    estimator = Estimator(profile, usable, observations, observed_output_gb or {})
+    return chosen.plan(pipeline, profile, usable, estimator, pipeline.budget)
+
+
+def require_feasible(plan: Plan) -> Plan:
+    """The plan, or the typed error that refuses it (BudgetError: exit 3, InfeasibleError: exit 4)."""
+    if plan.feasible:
+        return plan
+    message = "; ".join(plan.problems) or "no feasible plan"
+    if plan.problem_kind == "budget":
+        raise BudgetError(message, hint="Raise budget.max_usd, allow spot (cloud.spot: true), or pin stages to local.")
+    if plan.problem_kind == "deadline":
+        raise InfeasibleError(message, hint="Relax `deadline`, raise budget.max_usd, or allow more instance types.")
+    raise InfeasibleError(message, hint="Lower the stage's `resources`, or configure a cloud (cloud.provider: aws) with a type that fits.")
+
+
+def history_observations(store, pipeline: Pipeline, profile: Profile) -> tuple[dict[str, dict[str, list[float]]], dict[str, float]]:
+    """Recorded seconds per stage and machine ("local" for this machine), and median output sizes."""
+    from lhorch.orchestrator.state.history import observed
+
+    seconds: dict[str, dict[str, list[float]]] = {}
+    output_gb: dict[str, float] = {}
+    for name in pipeline.stages:
+        rows = observed(store, pipeline.name, name)
+        by_machine: dict[str, list[float]] = {}
+        for row in rows:
+            machine = "local" if row.machine in (profile.fingerprint, "local") else row.machine
+            by_machine.setdefault(machine, []).append(row.wall_seconds)
+        if by_machine:
+            seconds[name] = by_machine
+        sizes = [r.output_bytes for r in rows if r.output_bytes is not None]
+        if sizes:
+            output_gb[name] = statistics.median(sizes) / 1e9
+    return seconds, output_gb
