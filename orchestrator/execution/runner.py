@@ -211,10 +211,7 @@ class Runner:
         return False
 
     def _unchanged(self, fingerprint: str) -> bool:
-        rows = self.store.query(
-            "SELECT fingerprint FROM runs WHERE pipeline=? AND status='succeeded' AND id<>? ORDER BY created_at DESC LIMIT 1",
-            (self.pipeline.name, self.run_id))
-        return bool(rows) and rows[0]["fingerprint"] == fingerprint
+        return self.store.last_succeeded_fingerprint(self.pipeline.name, other_than=self.run_id) == fingerprint
 
     # --- clusters -----------------------------------------------------------------------------
     def _build_targets(self) -> None:
@@ -356,7 +353,7 @@ class Runner:
         _clear_partial_outputs(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         attempt_id = self.store.start_attempt(self.run_id, stage, key, target.key, target.cluster.name)
-        attempt = self.store.query("SELECT attempt FROM attempts WHERE id=?", (attempt_id,))[0]["attempt"]
+        attempt = self.store.attempt_number(attempt_id)
         env = self._stage_env(stage, inputs, out_dir, target.cluster)
         env["LHORCH_ATTEMPT"] = str(attempt)
         job_id = f"lhorch-{self.run_id}-{stage}-{attempt}"

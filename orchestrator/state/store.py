@@ -319,6 +319,16 @@ class Store:
         return None
 
     # --- attempts -----------------------------------------------------------------------------
+    def last_succeeded_fingerprint(self, pipeline: str, *, other_than: str) -> str | None:
+        """The fingerprint of the pipeline's latest successful run other than ``other_than``."""
+        rows = self.query("SELECT fingerprint FROM runs WHERE pipeline=? AND status='succeeded' AND id<>?"
+                          " ORDER BY created_at DESC LIMIT 1", (pipeline, other_than))
+        return rows[0]["fingerprint"] if rows else None
+
+    def attempt_number(self, attempt_id: int) -> int:
+        """Which attempt of its stage this is (1 for the first)."""
+        return int(self.query("SELECT attempt FROM attempts WHERE id=?", (attempt_id,))[0]["attempt"])
+
     def start_attempt(self, run_id: str, stage: str, cache_key: str, target: str, cluster: str | None) -> int:
         with self.tx() as c:
             row = c.execute("SELECT COALESCE(MAX(attempt), 0) FROM attempts WHERE run_id=? AND stage=?",
