@@ -62,7 +62,7 @@ def _fit_with_ray(cfg: dict, p: FinetuneParams, out: Path, cpus: float, use_gpu:
             # actor (one process fewer to start on a small laptop).
             os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
             ray.init(num_cpus=max(int(cpus), cpus_per_worker * p.num_workers), include_dashboard=False,
-                     runtime_env={"worker_process_setup_hook": "jobs.finetune._quiet_without_dashboard"})
+                     runtime_env={"worker_process_setup_hook": "lhorch.jobs.finetune._quiet_without_dashboard"})
             started_here = True
     try:
         trainer = TorchTrainer(

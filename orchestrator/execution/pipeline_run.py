@@ -69,7 +69,7 @@ def execute(store: Store, pipeline: Pipeline, file: Path, *, resume: str | None 
     check_budget(pipeline, plan, spent)
     providers: dict[str, Provider] = {"local": local_provider(store, keep_ray)}
     if any(p.target == "cloud" for p in plan.placements.values()):
-        lhorch.providers.update(cloud_providers(store, pipeline))
+        providers.update(cloud_providers(store, pipeline))
     reporter = reporter or make_reporter(topological_order(pipeline.stages), quiet=quiet)
     guard = BudgetGuard(store, pipeline, month_spent=spent, clock=clock,
                         on_alert=lambda used, cap: reporter.info(f"[yellow]budget: ${used:.2f} of ${cap:.2f} spent[/]"))
