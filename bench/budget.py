@@ -21,17 +21,11 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
-_HERE = Path(__file__).resolve().parent
-# This file is named budget.py: keep bench/ off the path so it can never shadow a module.
-sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
-from lhorch.orchestrator.budget.caps import CostMeter, Watchdog  # noqa: E402
-from lhorch.orchestrator.core.clock import FakeClock  # noqa: E402
+from lhorch.orchestrator.budget.caps import CostMeter, Watchdog
+from lhorch.orchestrator.core.clock import FakeClock
 
 T0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
 INF = datetime.max.replace(tzinfo=timezone.utc)

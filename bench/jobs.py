@@ -16,10 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-# Run as `python bench/jobs.py`, Python puts bench/ first on the path, where this file would shadow the
-# `jobs` package and bench/profile.py the standard library's profile; the repository root goes there.
+# Run as `python bench/jobs.py`, Python puts bench/ first on the path (and Ray Train's workers inherit it),
+# where bench/profile.py would shadow the standard library's `profile`: torch's optimizers import
+# torch._dynamo, which imports cProfile, which imports `profile`. Keep bench/ off the path.
 _HERE = Path(__file__).resolve().parent
-sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 
 def main() -> None:
@@ -41,7 +42,8 @@ def main() -> None:
         root = Path(tmp)
         pre = preprocess.run({"augment": True, "augment_copies": args.copies}, StageContext(output_dir=root / "pre"))
         data = root / "pre" / "dataset"
-        pretrain.run({"epochs": 1, "hidden": args.hidden}, StageContext(output_dir=root / "pt", inputs={"dataset": data}))
+        pretrain.run({"epochs": 1, "hidden": args.hidden},
+                     StageContext(output_dir=root / "pt", inputs={"dataset": data}))
         inputs = {"dataset": data, "checkpoint": root / "pt" / "checkpoint"}
         common = {"epochs": args.epochs, "batch_size": args.batch_size, "checkpoint_every": 10_000}
         print(f"data: {pre['sizes']['train']} training samples; model: MLP 64-{args.hidden.replace(',', '-')}-10; "

@@ -18,11 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-# Run as `python bench/x.py`, this folder would come first on sys.path and its jobs.py would
-# shadow the `jobs` package: put the project root there instead.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
 COMMAND = "echo step"
 
 
@@ -37,8 +32,8 @@ def pipeline(n: int) -> str:
 
 def lhorch(args: list[str], env: dict[str, str]) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "from lhorch.orchestrator.cli import main; main()", *args], env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-c", "from lhorch.orchestrator.cli import main; main()", *args], env=env,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - started
 
 

@@ -19,19 +19,15 @@ import argparse
 import itertools
 import random
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lhorch.orchestrator.planning.estimator import Estimator, local_offer  # noqa: E402
-from lhorch.orchestrator.planning.planner import make_plan  # noqa: E402
-from lhorch.orchestrator.core.profile import GpuInfo, Measurement, Profile  # noqa: E402
-from lhorch.orchestrator.core.spec import Pipeline  # noqa: E402
-from lhorch.policies.builtin import POLICIES  # noqa: E402
-from lhorch.policies.problem import Problem  # noqa: E402
-from lhorch.providers.aws.catalogue import catalogue_offers  # noqa: E402
+from lhorch.orchestrator.core.profile import GpuInfo, Measurement, Profile
+from lhorch.orchestrator.core.spec import Pipeline
+from lhorch.orchestrator.planning.estimator import Estimator, local_offer
+from lhorch.orchestrator.planning.planner import make_plan
+from lhorch.policies.builtin import POLICIES
+from lhorch.policies.problem import Problem
+from lhorch.providers.aws.catalogue import catalogue_offers
 
 ENUMERATION_LIMIT = 6000  # assignments per scenario for the exhaustive optimum
 EPS_USD = 0.01  # ratio of costs that may be 0: (x + 1 cent) / (opt + 1 cent)
@@ -97,8 +93,8 @@ def scenario(rng: random.Random, catalogue: list) -> tuple[Pipeline, Profile, li
     while True:
         picks = rng.sample(cpu, rng.randint(1, max(1, m - 1)))
         picks += rng.sample(gpu, max(1, m - len(picks)))
-        offers = [local_offer(prof)] + [o.model_copy(update={"price_per_hour": round(o.price_per_hour * rng.uniform(0.7, 1.3), 4)})
-                                        for o in picks]
+        offers = [local_offer(prof)] + [
+            o.model_copy(update={"price_per_hour": round(o.price_per_hour * rng.uniform(0.7, 1.3), 4)}) for o in picks]
         data = {"name": "bench", "cloud": {"provider": "aws"}, "stages": stages,
                 "policy": {"name": "balanced", "value_of_time_usd_per_hour": rng.choice([0.5, 2.0, 10.0])}}
         pipe = Pipeline.model_validate(data)
@@ -110,7 +106,8 @@ def scenario(rng: random.Random, catalogue: list) -> tuple[Pipeline, Profile, li
             break
         m -= 1
     # budget and deadline relative to the all-local / cheapest plans, so they bind sometimes
-    base = [next((o for o in pb.allowed[i] if pb.is_local[o]), None) or (min(pb.allowed[i], key=lambda o: pb.standalone(i, o)[0]) if pb.allowed[i] else 0)
+    base = [next((o for o in pb.allowed[i] if pb.is_local[o]), None)
+            or (min(pb.allowed[i], key=lambda o: pb.standalone(i, o)[0]) if pb.allowed[i] else 0)
             for i in range(pb.n)]
     ref = pb.evaluate(base)
     if rng.random() < 0.5:
@@ -205,7 +202,8 @@ def run(scenarios: int, seed: int) -> None:
         print(f"{p:12} {statistics.mean(r):7.3f} {max(r):7.3f} {st['exact']:3d}/{len(st['ratios']):<3d}"
               f"{st['misses']:6d} {st['miss_avoidable']:9d} {st['over_cap']:8d} {st['false_refusals']:8d} "
               f"{st['cost']:8.2f} {st['hours']:8.1f} {1000 * st['plan_s'] / scenarios:8.1f}")
-    print("(*refused although the optimum is feasible; misses = plans past the deadline, avoidable = the optimum met it)")
+    print("(*refused although the optimum is feasible; "
+          "misses = plans past the deadline, avoidable = the optimum met it)")
     print(f"baselines: all-local ${base['all-local cost']:.2f} / {base['all-local hours']:.1f} h "
           f"({base['all-local infeasible']} scenarios need the cloud for some stage); "
           f"all-cloud (cheapest offer per stage) ${base['all-cloud cost']:.2f} / {base['all-cloud hours']:.1f} h")
@@ -233,8 +231,8 @@ def time_big(n: int = 1000) -> None:
         plan = make_plan(pipe, prof, policy=p)
         dt = time.perf_counter() - t0
         print(f"plan {n} stages on the full catalogue ({len(catalogue_offers())} offers), {p:11}: {dt:.2f} s "
-              f"({'ok' if dt < 1 else 'OVER 1 s'}); {len(plan.cloud_groups())} clusters, ${plan.est_total_cost_usd:.2f}, "
-              f"feasible={plan.feasible}")
+              f"({'ok' if dt < 1 else 'OVER 1 s'}); {len(plan.cloud_groups())} clusters, "
+              f"${plan.est_total_cost_usd:.2f}, feasible={plan.feasible}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Run as `python bench/profile.py`, Python puts bench/ first on the path, where this file would shadow the
+# standard library's `profile` (imported by cProfile, which torch._dynamo imports): keep bench/ off the path.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 
 def main() -> int:
@@ -55,7 +58,7 @@ def main() -> int:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, matmul {n}x{n} fp32 on cpu, "
           f"{args.rounds} alternating rounds, load average {load:.1f} on {os.cpu_count()} CPUs")
-    for i, (m, d) in enumerate(zip(ours, direct), 1):
+    for i, (m, d) in enumerate(zip(ours, direct, strict=True), 1):
         print(f"  round {i}: profiler {m.value:8.1f} GFLOP/s   torch.utils.benchmark (median) {d:8.1f} GFLOP/s"
               f"   ratio {m.value / d:.2f}")
     mine, theirs = statistics.median(m.value for m in ours), statistics.median(direct)

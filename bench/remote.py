@@ -18,10 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-# Run as `python bench/x.py`, this folder would come first on sys.path and its jobs.py would
-# shadow the `jobs` package: put the project root there instead.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+# The repository root, so that `bench._moto` (the benches' shared moto start-up) imports; lhorch itself is installed.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> None:
@@ -57,11 +55,11 @@ def main() -> None:
 
 
 def run_bench(args, tmp: Path, local, remote_node, times: dict[str, list[float]]) -> None:
-    from lhorch.orchestrator.pipeline.loader import load_pipeline
-    from lhorch.orchestrator.execution.runner import RunOptions, Runner, all_local_plan
-    from lhorch.orchestrator.state.store import Store
-    from lhorch.orchestrator.core.plan import Offer, Placement
     from lhorch.orchestrator.core.cluster import ClusterRequest
+    from lhorch.orchestrator.core.plan import Offer, Placement
+    from lhorch.orchestrator.execution.runner import Runner, RunOptions, all_local_plan
+    from lhorch.orchestrator.pipeline.loader import load_pipeline
+    from lhorch.orchestrator.state.store import Store
     from lhorch.providers.ray_cluster import RayClusterProvider
 
     request = ClusterRequest(run_id="bench", group="g", offer=Offer(provider="ray", vcpus=2, memory_gb=4))

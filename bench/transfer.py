@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+# The repository root, so that `bench._moto` (the benches' shared moto start-up) imports; lhorch itself is installed.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
@@ -63,7 +64,8 @@ def main() -> None:
     print(f"  boto3 upload_file (baseline) : {rate['boto3']:7.1f} MB/s  ({best['boto3']:.2f} s)")
     print(f"  S3ArtifactStore.put_dir      : {rate['lhorch']:7.1f} MB/s  ({best['lhorch']:.2f} s)")
     print(f"  ratio lhorch / boto3         : {rate['lhorch'] / rate['boto3']:.2f}  (target >= 0.9)")
-    print(f"  put_dir again, same content  : {skip_s:.2f} s ({sum(t.skipped for t in skipped)} of {len(skipped)} skipped)")
+    print(f"  put_dir again, same content  : {skip_s:.2f} s "
+          f"({sum(t.skipped for t in skipped)} of {len(skipped)} skipped)")
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import sys
 import typing
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 from pydantic import BaseModel, ValidationError
@@ -84,8 +85,10 @@ def command(params_cls: type[BaseModel], run: Callable[[BaseModel, StageContext]
     return click.Command(name, callback=callback, params=options, help=doc)
 
 
-def main(params_cls: type[BaseModel], run: Callable[[BaseModel, StageContext], dict], name: str, doc: str | None) -> None:
-    command(params_cls, run, name, (doc or "").strip())(prog_name=f"python -m {name}")
+def main(params_cls: type[BaseModel], run: Callable[[BaseModel, StageContext], dict], name: str,
+         doc: str | None) -> None:
+    # `name` is the job as a pipeline names it (jobs.X); the module that runs it is lhorch.jobs.X.
+    command(params_cls, run, name, (doc or "").strip())(prog_name=f"python -m lhorch.{name}")
 
 
 def coerce(params_cls: type[BaseModel], params: BaseModel | dict | None) -> Any:

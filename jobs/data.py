@@ -43,7 +43,7 @@ class Dataset:
 def load_raw(source: str) -> tuple[np.ndarray, np.ndarray, str]:
     """(X float64 2-D, y raw labels, description) from `digits` or a .csv / .npz path."""
     if source == "digits":
-        from sklearn.datasets import load_digits
+        from sklearn.datasets import load_digits  # deferred: scikit-learn takes about a second to import
 
         d = load_digits()  # ships inside scikit-learn: never downloads
         return d.data.astype(np.float64), d.target, "sklearn digits"
@@ -115,7 +115,7 @@ def encode_labels(y: np.ndarray) -> tuple[np.ndarray, list[str]]:
 
 def split(y: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
     """Indices of a seeded, stratified train/val/test split."""
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # deferred: scikit-learn is slow to import
 
     idx = np.arange(len(y))
     try:
@@ -144,7 +144,8 @@ def augment(X: np.ndarray, y: np.ndarray, copies: int, shift: int, noise_std: fl
             imgs = A.reshape(len(A), side, side)
             dx = rng.integers(-shift, shift + 1, len(A))
             dy = rng.integers(-shift, shift + 1, len(A))
-            for i in range(len(A)):  # zero-filled shift, not a wrap-around roll: digits must not reappear on the other side
+            # A zero-filled shift, not a wrap-around roll: digits must not reappear on the other side.
+            for i in range(len(A)):
                 imgs[i] = _shift(imgs[i], int(dy[i]), int(dx[i]))
             A = imgs.reshape(len(A), -1)
         if noise_std:
@@ -157,7 +158,9 @@ def augment(X: np.ndarray, y: np.ndarray, copies: int, shift: int, noise_std: fl
 def _shift(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
     out = np.zeros_like(img)
     h, w = img.shape
-    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = img[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    target = (slice(max(dy, 0), h + min(dy, 0)), slice(max(dx, 0), w + min(dx, 0)))
+    source = (slice(max(-dy, 0), h + min(-dy, 0)), slice(max(-dx, 0), w + min(-dx, 0)))
+    out[target] = img[source]
     return out
 
 

@@ -11,6 +11,8 @@ import json
 import os
 from dataclasses import dataclass
 
+import torch
+
 
 @dataclass(frozen=True)
 class StageResources:
@@ -26,15 +28,11 @@ def stage_resources(environ: dict[str, str] | None = None) -> StageResources:
         data = json.loads(raw)
         return StageResources(cpus=float(data.get("cpus", 1.0)), gpus=int(data.get("gpus", 0)),
                               memory_gb=data.get("memory_gb"))
-    import torch
-
     return StageResources(cpus=float(os.cpu_count() or 1), gpus=torch.cuda.device_count())
 
 
 def pick_device():
     """CUDA, then Apple MPS, then CPU: the first one present."""
-    import torch
-
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -44,8 +42,6 @@ def pick_device():
 
 def set_threads(cpus: float) -> int:
     """Intra-op threads = the CPUs reserved (at least 1): more threads than cores only adds contention."""
-    import torch
-
     n = max(1, int(cpus))
     torch.set_num_threads(n)
     return n
@@ -57,8 +53,6 @@ def autocast_dtype(device, precision: str):
     auto picks bf16 on CUDA cards that have it (no loss scaling needed), fp16 on older cards, and fp32
     on CPU/MPS, where bf16 is often slower than fp32 for small models and changes numerics.
     """
-    import torch
-
     if precision == "fp32":
         return None
     if precision == "bf16":

@@ -26,7 +26,8 @@ def run(params: DistillParams | dict | None, ctx: StageContext) -> dict:
     teacher, payload = load_model(teacher_file)
     train, val, test = (as_tensors(*ds.split(s)) for s in ("train", "val", "test"))
     if payload["config"]["n_classes"] != ds.n_classes:
-        raise ValueError(f"the teacher predicts {payload['config']['n_classes']} classes, the dataset has {ds.n_classes}")
+        raise ValueError(f"the teacher predicts {payload['config']['n_classes']} classes, "
+                         f"the dataset has {ds.n_classes}")
 
     # Teacher outputs once, up front: the teacher is fixed, so recomputing them per batch is waste.
     teacher_logits = predict(teacher, train[0])

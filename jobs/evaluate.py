@@ -22,6 +22,7 @@ from lhorch.jobs.training import as_tensors, predict
 
 
 def metrics_of(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:
+    # deferred: scikit-learn takes about a second to import
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
     labels = list(range(n_classes))
@@ -46,10 +47,10 @@ def _history(ctx: StageContext) -> list[dict] | None:
 
 
 def plot(path: Path, metrics: dict, class_names: list[str], history: list[dict] | None) -> None:
-    import matplotlib
+    import matplotlib  # deferred: only `plot: true` needs matplotlib, which is slow to import
 
     matplotlib.use("Agg")  # no display on servers and cloud nodes
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"), so pyplot picks no display backend
 
     ncols = 3 if history else 1
     fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 4.5), squeeze=False)

@@ -13,10 +13,13 @@ Outputs: `model` (model.pt), `history` (history.json per epoch, run.json), and `
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
 from pathlib import Path
+
+import torch
 
 from lhorch.jobs.cli import coerce, main
 from lhorch.jobs.context import StageContext
@@ -36,8 +39,6 @@ def _quiet_without_dashboard() -> None:
     # Train V2's placement-group cleaner asks the state API, served by the dashboard, whether the
     # controller is alive; without a dashboard it warns on every poll. Cleanup still happens on
     # ray.shutdown(), so in a private cluster those warnings are only noise.
-    import logging
-
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
@@ -47,9 +48,10 @@ def _ray_worker(cfg: dict) -> None:
 
 
 def _fit_with_ray(cfg: dict, p: FinetuneParams, out: Path, cpus: float, use_gpu: bool) -> dict:
+    # deferred: Ray takes seconds to import, and `engine: torch` runs without it
     import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train import RunConfig, ScalingConfig  # deferred, as above
+    from ray.train.torch import TorchTrainer  # deferred, as above
 
     cpus_per_worker = max(1, int(cpus // p.num_workers))
     cfg = {**cfg, "threads": cpus_per_worker}
@@ -68,8 +70,10 @@ def _fit_with_ray(cfg: dict, p: FinetuneParams, out: Path, cpus: float, use_gpu:
         trainer = TorchTrainer(
             _ray_worker,
             train_loop_config=cfg,
-            scaling_config=ScalingConfig(num_workers=p.num_workers, use_gpu=use_gpu,
-                                         resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}),
+            scaling_config=ScalingConfig(
+                num_workers=p.num_workers, use_gpu=use_gpu,
+                resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+            ),
             run_config=RunConfig(storage_path=str((out / "ray_train").resolve()), name="finetune"),
         )
         result = trainer.fit()
@@ -110,8 +114,6 @@ def run(params: FinetuneParams | dict | None, ctx: StageContext) -> dict:
 
 
 def _cuda() -> bool:
-    import torch
-
     return torch.cuda.is_available()
 
 

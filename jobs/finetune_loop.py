@@ -48,22 +48,23 @@ class RaySession:
     """Ray Train (V2, the default in Ray 2.60) inside a TorchTrainer worker."""
 
     def __init__(self) -> None:
+        # deferred (here and below): only a Ray Train worker needs ray; LocalSession runs without it
         import ray.train
-        import ray.train.torch
+        import ray.train.torch  # deferred, as above
 
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
 
     def prepare(self, model, freeze: bool):
-        import ray.train.torch
+        import ray.train.torch  # see __init__
 
         # A frozen backbone yields no gradients; DDP must be told, or it waits for them forever.
         kwargs = {"find_unused_parameters": True} if freeze and self.world > 1 else {}
         return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=kwargs)
 
     def report(self, metrics: dict, checkpoint_dir: Path | None = None) -> None:
-        import ray.train
+        import ray.train  # see __init__
 
         # Every rank must call report (it is collective in Train V2); only rank 0 attaches a checkpoint.
         ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir and self.rank == 0 else None
@@ -138,7 +139,7 @@ def train_worker(cfg: dict, session=None) -> dict:
     state = latest_checkpoint(ckdir, fp) if cfg.get("resume", True) and session.rank == 0 else None
     if session.world > 1:
         # Only rank 0's node is sure to have the checkpoint folder; every rank must resume from the same state.
-        import torch.distributed as dist
+        import torch.distributed as dist  # deferred: only multi-worker runs use it
 
         box = [state]
         dist.broadcast_object_list(box, src=0)
@@ -204,7 +205,8 @@ def train_worker(cfg: dict, session=None) -> dict:
         v = evaluate(model, *val)
         seen = stats["seen"] * session.world  # every worker saw as many samples
         history.append({"epoch": epoch + 1, "train_loss": stats["loss"] / max(stats["seen"], 1),
-                        "train_acc": stats["correct"] / max(stats["seen"], 1), "val_loss": v["loss"], "val_acc": v["acc"],
+                        "train_acc": stats["correct"] / max(stats["seen"], 1),
+                        "val_loss": v["loss"], "val_acc": v["acc"],
                         "frozen": frozen, "steps": step, "seconds": stats["seconds"],
                         "samples_per_s": seen / stats["seconds"] if stats["seconds"] else None})
         session.report({k: x for k, x in history[-1].items() if x is not None})
@@ -218,7 +220,8 @@ def train_worker(cfg: dict, session=None) -> dict:
                    dataset_sha=ds.meta.get("sha256"), class_names=ds.meta.get("class_names"))
         (out / "history").mkdir(parents=True, exist_ok=True)
         (out / "history" / "history.json").write_text(json.dumps(history, indent=2))
-        (out / "history" / "run.json").write_text(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
+        run_summary = {k: v for k, v in result.items() if k != "history"}
+        (out / "history" / "run.json").write_text(json.dumps(run_summary, indent=2))
     # The final model also goes to Ray Train's storage, which is what reaches the driver when rank 0 runs
     # on another node.
     session.report({"done": 1, "steps": step}, checkpoint_dir=out / "model")

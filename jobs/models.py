@@ -64,7 +64,7 @@ def _quiet_quantization():
 
 
 def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
-    from torch.ao.quantization import quantize_dynamic
+    from torch.ao.quantization import quantize_dynamic  # deferred: only jobs.compress quantizes
 
     engines = torch.backends.quantized.supported_engines
     if torch.backends.quantized.engine not in engines or torch.backends.quantized.engine == "none":

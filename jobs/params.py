@@ -31,11 +31,17 @@ class PreprocessParams(Params):
     limit: int | None = Field(None, gt=0, description="Keep at most this many samples (stratified); for quick runs.")
     augment: bool = Field(False, description="Add shifted/noisy copies of the training samples (train split only).")
     augment_copies: int = Field(1, ge=1, le=100, description="Augmented copies of each training sample when `augment`.")
-    shift_pixels: int = Field(1, ge=0, le=3, description="Largest random shift in pixels, for square images (e.g. digits).")
-    noise_std: float = Field(0.05, ge=0, description="Std of Gaussian noise added to augmented copies, in units of the feature range.")
+    shift_pixels: int = Field(
+        1, ge=0, le=3,
+        description="Largest random shift in pixels, for square images (e.g. digits).",
+    )
+    noise_std: float = Field(
+        0.05, ge=0,
+        description="Std of Gaussian noise added to augmented copies, in units of the feature range.",
+    )
 
     @model_validator(mode="after")
-    def _fractions(self) -> "PreprocessParams":
+    def _fractions(self) -> PreprocessParams:
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError("val_fraction + test_fraction must leave at least 10% of the data for training")
         return self
@@ -58,7 +64,10 @@ def _hidden(value: object) -> object:
 
 class PretrainParams(_Training):
     epochs: int = Field(15, ge=1, le=10_000, description="Passes over the pretraining subset.")
-    hidden: list[int] = Field([128, 64], min_length=1, description="Widths of the backbone's hidden layers, e.g. [128, 64].")
+    hidden: list[int] = Field(
+        [128, 64], min_length=1,
+        description="Widths of the backbone's hidden layers, e.g. [128, 64].",
+    )
     classes: list[int] | None = Field(
         None, description="Label ids used for pretraining (the pretext task); default: the lower half of the classes.",
     )
@@ -73,13 +82,21 @@ class PretrainParams(_Training):
 class FinetuneParams(_Training):
     epochs: int = Field(12, ge=1, le=10_000, description="Passes over the training split.")
     init_checkpoint: str | None = Field(
-        None, description="Path to a model.pt (or a folder holding one) to start from, instead of the `checkpoint` input.",
+        None,
+        description="Path to a model.pt (or a folder holding one) to start from, instead of the `checkpoint` input.",
     )
-    freeze_backbone: bool = Field(False, description="Train only the new head for the first `freeze_epochs` epochs, then unfreeze.")
+    freeze_backbone: bool = Field(
+        False,
+        description="Train only the new head for the first `freeze_epochs` epochs, then unfreeze.",
+    )
     freeze_epochs: int = Field(2, ge=0, description="Epochs with a frozen backbone when `freeze_backbone`.")
-    accumulate_steps: int = Field(1, ge=1, le=1024, description="Batches whose gradients are summed before one optimizer step.")
+    accumulate_steps: int = Field(
+        1, ge=1, le=1024,
+        description="Batches whose gradients are summed before one optimizer step.",
+    )
     precision: Precision = Field(
-        "auto", description="auto: bf16 (or fp16 with loss scaling) on CUDA, fp32 elsewhere; or force fp32, bf16 or fp16.",
+        "auto",
+        description="auto: bf16 (or fp16 with loss scaling) on CUDA, fp32 elsewhere; or force fp32, bf16 or fp16.",
     )
     checkpoint_every: int = Field(50, ge=1, description="Save a resumable checkpoint every this many optimizer steps.")
     keep_checkpoints: int = Field(2, ge=1, description="How many step checkpoints to keep.")
@@ -95,7 +112,7 @@ class FinetuneParams(_Training):
     )
 
     @model_validator(mode="after")
-    def _workers(self) -> "FinetuneParams":
+    def _workers(self) -> FinetuneParams:
         if self.engine == "torch" and self.num_workers != 1:
             raise ValueError("engine torch runs a single worker; use engine ray for num_workers > 1")
         return self
@@ -103,9 +120,15 @@ class FinetuneParams(_Training):
 
 class DistillParams(_Training):
     epochs: int = Field(30, ge=1, le=10_000, description="Passes over the training split.")
-    hidden: list[int] = Field([32], min_length=1, description="Widths of the student's hidden layers (smaller than the teacher's).")
+    hidden: list[int] = Field(
+        [32], min_length=1,
+        description="Widths of the student's hidden layers (smaller than the teacher's).",
+    )
     temperature: float = Field(4.0, gt=0, description="Softmax temperature of the soft targets.")
-    alpha: float = Field(0.7, ge=0, le=1, description="Weight of the soft-target loss; 1 - alpha goes to the true labels.")
+    alpha: float = Field(
+        0.7, ge=0, le=1,
+        description="Weight of the soft-target loss; 1 - alpha goes to the true labels.",
+    )
 
     @field_validator("hidden", mode="before")
     @classmethod
@@ -114,8 +137,14 @@ class DistillParams(_Training):
 
 
 class CompressParams(Params):
-    sparsity: float = Field(0.5, ge=0, lt=1, description="Share of each Linear layer's weights set to zero (L1 magnitude pruning).")
-    recover_epochs: int = Field(3, ge=0, description="Epochs of training after pruning (zeros kept) to recover accuracy.")
+    sparsity: float = Field(
+        0.5, ge=0, lt=1,
+        description="Share of each Linear layer's weights set to zero (L1 magnitude pruning).",
+    )
+    recover_epochs: int = Field(
+        3, ge=0,
+        description="Epochs of training after pruning (zeros kept) to recover accuracy.",
+    )
     lr: float = Field(5e-4, gt=0, description="Learning rate of the recovery training.")
     quantize: bool = Field(True, description="Apply dynamic int8 quantization to the Linear layers after pruning.")
     latency_batch: int = Field(256, ge=1, description="Batch size of the latency measurement.")
@@ -125,5 +154,8 @@ class CompressParams(Params):
 
 class EvaluateParams(Params):
     split: Literal["test", "val"] = Field("test", description="Which split of the dataset to evaluate on.")
-    plot: bool = Field(True, description="Write metrics/report.png (training curves if a history is given, confusion matrix).")
+    plot: bool = Field(
+        True,
+        description="Write metrics/report.png (training curves if a history is given, confusion matrix).",
+    )
     batch_size: int = Field(512, ge=1, description="Samples per forward pass.")

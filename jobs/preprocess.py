@@ -22,7 +22,7 @@ def run(params: PreprocessParams | dict | None, ctx: StageContext) -> dict:
     if len(class_names) < 2:
         raise data.DataError(f"{source}: needs at least two classes, found {len(class_names)}")
     if p.limit and p.limit < len(y):
-        from sklearn.model_selection import train_test_split
+        from sklearn.model_selection import train_test_split  # deferred: only `limit` needs scikit-learn
 
         keep, _ = train_test_split(np.arange(len(y)), train_size=p.limit, random_state=p.seed, stratify=y)
         keep = np.sort(keep)

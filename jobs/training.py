@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -44,7 +44,10 @@ def predict(model: nn.Module, X: torch.Tensor, batch_size: int = 1024) -> torch.
     """Logits for all of X, in eval mode (restores training mode after)."""
     was_training = model.training
     model.eval()
-    out = torch.cat([model(X[i:i + batch_size]).float() for i in range(0, len(X), batch_size)]) if len(X) else torch.empty(0)
+    if len(X):
+        out = torch.cat([model(X[i:i + batch_size]).float() for i in range(0, len(X), batch_size)])
+    else:
+        out = torch.empty(0)
     model.train(was_training)
     return out
 

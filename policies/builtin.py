@@ -13,19 +13,16 @@ is only ever returned refused (``feasible=False``), with the reason in ``problem
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
 
 from lhorch.orchestrator.core.durations import format_duration
+from lhorch.orchestrator.core.plan import Offer, Placement, Plan, ProblemKind
+from lhorch.orchestrator.core.policy_name import PolicyName
+from lhorch.orchestrator.core.profile import Profile
+from lhorch.orchestrator.core.spec import Budget, Pipeline
 from lhorch.policies.base import StageEstimates
-from lhorch.orchestrator.core.plan import Offer, Placement, Plan
 from lhorch.policies.problem import Outcome, Problem
-from lhorch.policies.search import KeyFn, ScoreFn, optimise
+from lhorch.policies.search import Key, KeyFn, ScoreFn, optimise
 
-if TYPE_CHECKING:
-    from lhorch.orchestrator.core.profile import Profile
-    from lhorch.orchestrator.core.spec import Budget, Pipeline
-
-Objective = Literal["local-first", "cheapest", "fastest", "balanced"]
 EPS_USD = 1e-9
 EPS_S = 1e-6
 
@@ -33,23 +30,23 @@ EPS_S = 1e-6
 @dataclass(frozen=True)
 class ObjectivePolicy:
     name: str
-    objective: Objective
+    objective: PolicyName
     value_of_time_usd_per_hour: float | None = None  # None: the pipeline's policy setting
 
-    def plan(self, pipeline: "Pipeline", profile: "Profile", offers: list[Offer],
-             estimates: StageEstimates, budget: "Budget | None") -> Plan:
+    def plan(self, pipeline: Pipeline, profile: Profile, offers: list[Offer],
+             estimates: StageEstimates, budget: Budget | None) -> Plan:
         pb = Problem(pipeline, offers, estimates)
         cap = budget.max_usd if budget else None
         key, score = self.objective_fns(pb, budget)
-        a, _ = optimise(pb, key, score, prefer_local=self.objective == "local-first")
+        a, _ = optimise(pb, key, score, prefer_local=self.objective is PolicyName.LOCAL_FIRST)
         out = pb.evaluate(a, detail=True)
         return _build_plan(self, pb, a, out, estimates, cap, pb.pipeline.deadline, self.value_of_time(pipeline))
 
-    def value_of_time(self, pipeline: "Pipeline") -> float:
+    def value_of_time(self, pipeline: Pipeline) -> float:
         vot = self.value_of_time_usd_per_hour
         return pipeline.policy.value_of_time_usd_per_hour if vot is None else vot
 
-    def objective_fns(self, pb: Problem, budget: "Budget | None") -> tuple[KeyFn, ScoreFn]:
+    def objective_fns(self, pb: Problem, budget: Budget | None) -> tuple[KeyFn, ScoreFn]:
         """The policy's key over whole assignments and its score for one stage alone (also used
         by bench/policy.py's exhaustive optimum)."""
         cap = budget.max_usd if budget else None
@@ -58,23 +55,23 @@ class ObjectivePolicy:
         objective = self.objective
         local_ok = [pb.local is not None and pb.local in pb.allowed[i] for i in range(pb.n)]
 
-        def key(out: Outcome, a: list[int]) -> tuple:
+        def key(out: Outcome, a: list[int]) -> Key:
             over = out.cost - cap if cap is not None else 0.0
             late = out.seconds - deadline if deadline is not None else 0.0
             head = (over if over > EPS_USD else 0.0, late if late > EPS_S else 0.0)
-            if objective == "cheapest":
+            if objective is PolicyName.CHEAPEST:
                 return head + (round(out.cost, 9), out.seconds)
-            if objective == "fastest":
+            if objective is PolicyName.FASTEST:
                 return head + (round(out.seconds, 6), out.cost)
             balanced = out.cost + vot_s * out.seconds
-            if objective == "local-first":
+            if objective is PolicyName.LOCAL_FIRST:
                 voluntary = sum(1 for i in range(pb.n) if local_ok[i] and not pb.is_local[a[i]])
                 return head + (voluntary, balanced)
             return head + (balanced, out.seconds)
 
-        if objective == "cheapest":
+        if objective is PolicyName.CHEAPEST:
             def score(c: float, t: float) -> float: return c + 1e-9 * t
-        elif objective == "fastest":
+        elif objective is PolicyName.FASTEST:
             def score(c: float, t: float) -> float: return t + 1e-9 * c
         else:
             def score(c: float, t: float) -> float: return c + vot_s * t
@@ -111,33 +108,38 @@ def _reason(policy: ObjectivePolicy, pb: Problem, i: int, a: list[int], out: Out
             ct, ft = pb.standalone(i, fast)
             if ft < t:
                 parts.append(f"local takes {format_duration(t)} at no cloud cost; {pb.offers[fast].instance_type} "
-                             f"{pb.offers[fast].market} would take {format_duration(ft)} (start-up included) for ~{_money(ct)}")
+                             f"{pb.offers[fast].market} would take {format_duration(ft)} (start-up included) "
+                             f"for ~{_money(ct)}")
             else:
                 parts.append(f"local takes {format_duration(t)}, as fast as any cloud option and free")
         elif stage.placement != "local":
-            parts.append(f"local takes {format_duration(t)}; no cloud offer" + (" configured" if not any(not x for x in pb.is_local) else " fits"))
+            any_cloud = not all(pb.is_local)
+            parts.append(f"local takes {format_duration(t)}; no cloud offer " + ("fits" if any_cloud else "configured"))
     else:
         if stage.placement == "cloud":
             parts.append("pinned by placement: cloud")
-        elif not local_ok:
+        elif local is None or not local_ok:
             why = pb.why_not[i].get(local, "cannot run locally") if local is not None else "no local node"
             parts.append(f"{why}")
         else:
             lt = pb.run[i][local]
-            parts.append(f"{lt / t:.1f}x faster than local ({format_duration(lt)} -> {format_duration(t)})" if t > 0 and lt > t
-                         else f"local would take {format_duration(lt)}")
+            if t > 0 and lt > t:
+                parts.append(f"{lt / t:.1f}x faster than local ({format_duration(lt)} -> {format_duration(t)})")
+            else:
+                parts.append(f"local would take {format_duration(lt)}")
         parts.append(f"{offer.instance_type} {offer.market} at {_money(offer.price_per_hour)}/h")
         if offer.market == "spot" and offer.interruption_rate_per_hour:
-            parts.append(f"interruptions priced in (~{offer.interruption_rate_per_hour * 100:.1f}%/h, checkpoint every {stage.hints.checkpoint_minutes:g} min)")
+            parts.append(f"interruptions priced in (~{offer.interruption_rate_per_hour * 100:.1f}%/h, "
+                         f"checkpoint every {stage.hints.checkpoint_minutes:g} min)")
         size = group_size.get(out.group[i], 1)
         if size > 1:
             parts.append(f"shares one cluster with {size - 1} other stage(s), one start-up")
         if local_ok and stage.placement != "cloud":
             parts.append({
-                "balanced": f"worth it with time valued at ${vot:g}/h",
-                "cheapest": "cheapest way to meet the deadline",
-                "fastest": "fastest within the budget",
-                "local-first": "needed to meet the deadline",
+                PolicyName.BALANCED: f"worth it with time valued at ${vot:g}/h",
+                PolicyName.CHEAPEST: "cheapest way to meet the deadline",
+                PolicyName.FASTEST: "fastest within the budget",
+                PolicyName.LOCAL_FIRST: "needed to meet the deadline",
             }[policy.objective])
     parts.append(f"estimate from {basis}")
     return "; ".join(parts)
@@ -152,7 +154,7 @@ def _build_plan(policy: ObjectivePolicy, pb: Problem, a: list[int], out: Outcome
             group_size[g] = group_size.get(g, 0) + 1
     placements: dict[str, Placement] = {}
     problems: list[str] = []
-    kind: str | None = None
+    kind: ProblemKind | None = None
     for i in pb.unplaceable:
         name, stage = pb.names[i], pb.stages[i]
         whys = sorted(set(pb.why_not[i].values()))
@@ -195,22 +197,19 @@ def _build_plan(policy: ObjectivePolicy, pb: Problem, a: list[int], out: Outcome
         est_total_cost_usd=round(out.cost, 6),
         feasible=kind is None,
         problems=problems,
-        problem_kind=kind,  # type: ignore[arg-type]
+        problem_kind=kind,
         budget_usd=cap,
         deadline_seconds=deadline,
     )
 
 
-POLICIES: dict[str, ObjectivePolicy] = {
-    "local-first": ObjectivePolicy("local-first", "local-first"),
-    "cheapest": ObjectivePolicy("cheapest", "cheapest"),
-    "fastest": ObjectivePolicy("fastest", "fastest"),
-    "balanced": ObjectivePolicy("balanced", "balanced"),
-}
+# The registry: one policy per name in PolicyName (tests/test_policies.py checks none is missing).
+POLICIES: dict[PolicyName, ObjectivePolicy] = {name: ObjectivePolicy(name, name) for name in PolicyName}
 
 
 def get_policy(name: str) -> ObjectivePolicy:
+    """The built-in policy called ``name`` (a PolicyName or its value)."""
     try:
-        return POLICIES[name]
-    except KeyError:
+        return POLICIES[PolicyName(name)]
+    except ValueError:
         raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}") from None

@@ -20,13 +20,11 @@ optimum) uses, so a policy is only as good as its search, never judged on a diff
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from lhorch.policies.base import StageEstimates
+from lhorch.orchestrator.core.graph import topological_order
 from lhorch.orchestrator.core.plan import Offer
-
-if TYPE_CHECKING:
-    from lhorch.orchestrator.core.spec import Pipeline
+from lhorch.orchestrator.core.spec import Pipeline
+from lhorch.policies.base import StageEstimates
 
 MIN_BILLED_SECONDS = 60.0
 INF = float("inf")
@@ -47,9 +45,7 @@ class Outcome:
 class Problem:
     """Stages in topological order (index i), offers (index o) and per-(i, o) run times."""
 
-    def __init__(self, pipeline: "Pipeline", offers: list[Offer], est: StageEstimates):
-        from lhorch.orchestrator.core.graph import topological_order
-
+    def __init__(self, pipeline: Pipeline, offers: list[Offer], est: StageEstimates):
         self.pipeline = pipeline
         self.offers = offers
         self.names = topological_order(pipeline.stages)
@@ -74,8 +70,8 @@ class Problem:
         self.cap_gpus = float(local_offer.gpus) if local_offer else 0.0
         self.elec_s = self.price_s[self.local] if self.local is not None else 0.0
 
-        self.out_gb = [est.output_gb(n, s) for n, s in zip(self.names, stages)]
-        self.in_up = [est.upload_seconds(est.input_gb(n, s)) for n, s in zip(self.names, stages)]
+        self.out_gb = [est.output_gb(n, s) for n, s in zip(self.names, stages, strict=True)]
+        self.in_up = [est.upload_seconds(est.input_gb(n, s)) for n, s in zip(self.names, stages, strict=True)]
         self.up_s = [est.upload_seconds(g) for g in self.out_gb]
         self.down_s = [est.download_seconds(g) for g in self.out_gb]
         self.s3_s = [est.cloud_copy_seconds(g) for g in self.out_gb]
@@ -86,7 +82,7 @@ class Problem:
         self.run: list[dict[int, float]] = []
         self.allowed: list[list[int]] = []
         self.why_not: list[dict[int, str]] = []
-        for name, stage in zip(self.names, stages):
+        for name, stage in zip(self.names, stages, strict=True):
             times: dict[int, float] = {}
             why: dict[int, str] = {}
             for o, offer in enumerate(offers):
@@ -103,7 +99,8 @@ class Problem:
                     why[o] = "no device of the kind it needs"
                     continue
                 if stage.budget_usd is not None and not offer.is_local:
-                    alone = offer.price_per_hour / 3600.0 * max(MIN_BILLED_SECONDS, t + offer.startup_seconds + offer.teardown_seconds)
+                    billed = max(MIN_BILLED_SECONDS, t + offer.startup_seconds + offer.teardown_seconds)
+                    alone = offer.price_per_hour / 3600.0 * billed
                     if alone > stage.budget_usd:
                         why[o] = f"would cost ${alone:.2f}, over the stage's budget_usd ${stage.budget_usd:g}"
                         continue
@@ -162,17 +159,15 @@ class Problem:
                 if is_local[op]:
                     if loc:
                         t = fp
-                    else:
-                        t = uploaded.get(p)
-                        if t is None:
-                            t = fp + self.up_s[p]
-                            uploaded[p] = t
+                    else:  # uploaded once, however many local stages' outputs a cloud stage reads
+                        if p not in uploaded:
+                            uploaded[p] = fp + self.up_s[p]
+                        t = uploaded[p]
                 elif loc:
-                    t = downloaded.get(p)
-                    if t is None:
-                        t = fp + self.down_s[p]
-                        downloaded[p] = t
+                    if p not in downloaded:  # downloaded (and its egress paid) once
+                        downloaded[p] = fp + self.down_s[p]
                         cost += self.out_gb[p] * self.egress[op]
+                    t = downloaded[p]
                 elif grp[p] == g:
                     t = fp
                 else:

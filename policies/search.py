@@ -10,7 +10,7 @@ stays fast and deterministic: a 1,000-stage pipeline gets its starting points an
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from lhorch.policies.problem import Outcome, Problem
 

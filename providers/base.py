@@ -42,3 +42,19 @@ class Provider(Protocol):
     def sweep(self, now: datetime, live_runs: set[str], dry_run: bool = False) -> list[str]:
         """Delete what outlived its run; return descriptions of what was (or would be) deleted."""
         ...
+
+
+@runtime_checkable
+class HeartbeatingProvider(Protocol):
+    """A provider whose clusters stop themselves unless they are checked in with (a dead-man switch).
+
+    Contract: ``heartbeat`` tells the cluster that its run is still alive, so it must not shut down
+    for being idle; it is called from a thread of its own, every ``heartbeat_seconds``, while the
+    cluster is held. It raises ``ClusterUnreachable`` when the cluster is gone (a spot interruption,
+    a terminated node): the runner then treats the cluster as lost. Any other error is a failed
+    check-in that the next beat retries. It never starts or releases anything.
+    """
+
+    def heartbeat(self, cluster: Cluster) -> None:
+        """Check in with ``cluster``; raise ClusterUnreachable when it is gone."""
+        ...

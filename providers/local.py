@@ -26,9 +26,9 @@ from pathlib import Path
 import psutil
 from pydantic import SecretStr
 
+from lhorch.orchestrator.core.cluster import Cluster, ClusterRequest
 from lhorch.orchestrator.core.errors import ClusterUnreachable
 from lhorch.orchestrator.core.plan import Offer
-from lhorch.orchestrator.core.cluster import Cluster, ClusterRequest
 
 READY_TIMEOUT_S = 90.0
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from lhorch.orchestrator.core.cluster import Cluster, ClusterRequest
 from lhorch.orchestrator.core.errors import ClusterUnreachable, UsageError
+from lhorch.orchestrator.core.plan import Offer
 from lhorch.orchestrator.core.spec import Cloud
 from lhorch.orchestrator.state.store import Store
-from lhorch.orchestrator.core.plan import Offer
-from lhorch.orchestrator.core.cluster import Cluster, ClusterRequest
 from lhorch.providers.local import wait_ready
 
 
@@ -36,7 +36,7 @@ class RayClusterProvider:
         self.ready_timeout = ready_timeout
 
     @classmethod
-    def from_config(cls, cloud: Cloud, store: Store | None = None) -> "RayClusterProvider":
+    def from_config(cls, cloud: Cloud, store: Store | None = None) -> RayClusterProvider:
         token = os.environ.get(cloud.token_env)
         if cloud.token_file:
             path = Path(cloud.token_file).expanduser()
@@ -51,8 +51,9 @@ class RayClusterProvider:
 
     def artifact_base(self) -> str:
         if not self.bucket:
-            raise UsageError("stages on a remote Ray cluster exchange artifacts through S3, and `cloud.bucket` is not set",
-                             hint="Set cloud.bucket (and cloud.prefix) in the pipeline file.")
+            raise UsageError(
+                "stages on a remote Ray cluster exchange artifacts through S3, and `cloud.bucket` is not set",
+                hint="Set cloud.bucket (and cloud.prefix) in the pipeline file.")
         return f"s3://{self.bucket}/{self.prefix.strip('/')}"
 
     def acquire(self, request: ClusterRequest) -> Cluster:
@@ -64,7 +65,8 @@ class RayClusterProvider:
         except ClusterUnreachable:
             raise ClusterUnreachable(
                 f"the Ray cluster at {self.address} does not answer",
-                hint="Check `cloud.address` and that the cluster is up; the run can be resumed with `lhorch run --resume`.",
+                hint="Check `cloud.address` and that the cluster is up; "
+                     "the run can be resumed with `lhorch run --resume`.",
             ) from None
         return cluster
 

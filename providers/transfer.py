@@ -18,13 +18,14 @@ class ArtifactTransfer(Protocol):
 
 def s3_client():
     """An S3 client from boto3's standard settings (AWS_PROFILE, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL)."""
-    import boto3
+    import boto3  # deferred: heavy, and only S3 transfers need it
 
     return boto3.client("s3")
 
 
 class S3Transfer:
     def __init__(self, bucket: str, client=None):
+        # Deferred: it imports botocore (a few hundred ms), which only S3 transfers need.
         from lhorch.providers.aws.s3 import S3ArtifactStore
 
         self.bucket = bucket

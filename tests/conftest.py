@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from moto_server import aws, moto_endpoint, stand_in_head  # noqa: F401  (fixtures for every test module)
-from lhorch.orchestrator.state.store import Store
-from lhorch.orchestrator.core.plan import Offer
+
 from lhorch.orchestrator.core.cluster import ClusterRequest
+from lhorch.orchestrator.core.plan import Offer
+from lhorch.orchestrator.state.store import Store
 from lhorch.providers.local import LocalProvider
 
 

@@ -11,17 +11,17 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-
 from moto_server import LoopbackServer, QuietHandler
+
 from lhorch.providers.aws.bootstrap import BootstrapSpec, docs_block, render_user_data, watchdog_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def spec(**kw) -> BootstrapSpec:
-    args = dict(cluster="lhorch-r-g", role="head", region="eu-west-1", token_parameter="/lhorch/r/g/ray-token",
-                expires_at=datetime(2030, 1, 1, tzinfo=timezone.utc), idle_minutes=7, python="3.11",
-                ray_version="2.60.0", lhorch_requirement="lhorch==0.1.0")
+    args = {"cluster": "lhorch-r-g", "role": "head", "region": "eu-west-1", "token_parameter": "/lhorch/r/g/ray-token",
+                "expires_at": datetime(2030, 1, 1, tzinfo=timezone.utc), "idle_minutes": 7, "python": "3.11",
+                "ray_version": "2.60.0", "lhorch_requirement": "lhorch==0.1.0"}
     args.update(kw)
     return BootstrapSpec(**args)
 

@@ -11,11 +11,12 @@ import boto3
 import pytest
 from pydantic import SecretStr
 
+from lhorch.orchestrator.execution.runner import Runner, RunOptions
+from lhorch.orchestrator.machine.profiler import load_profile_file
 from lhorch.orchestrator.pipeline.loader import load_pipeline
 from lhorch.orchestrator.planning.planner import make_plan
-from lhorch.orchestrator.machine.profiler import load_profile_file
-from lhorch.orchestrator.execution.runner import RunOptions, Runner
 from lhorch.providers.aws.provider import AwsProvider
+from lhorch.providers.aws.settings import AwsSettings
 
 pytestmark = pytest.mark.ray
 PROFILE = Path(__file__).parent / "fixtures" / "profiles" / "cpu_4core.json"
@@ -61,9 +62,9 @@ def _pipeline(write_pipeline, first_attempt_sleep: int = 0):
 
 def _aws(store, pipeline, remote_cluster) -> AwsProvider:
     """The AWS provider on moto, its heads reached at the stand-in Ray cluster."""
-    return AwsProvider.from_cloud(pipeline.cloud, store, connector=RayStandIn(remote_cluster),
-                                  ip_lookup=lambda: "198.51.100.7", versions=VERSIONS, host="laptop",
-                                  poll_interval=0.01, sleep=lambda s: None)
+    settings = AwsSettings.from_cloud(pipeline.cloud, versions=VERSIONS, host="laptop", poll_interval=0.01)
+    return AwsProvider.from_cloud(pipeline.cloud, store, settings=settings, connector=RayStandIn(remote_cluster),
+                                  ip_lookup=lambda: "198.51.100.7", sleep=lambda s: None)
 
 
 def _run(store, path, ray_node, remote_cluster, on_acquired=None, heartbeat_seconds=60.0):
@@ -175,8 +176,8 @@ class FastClock:
 
 
 def test_a_stage_that_would_run_past_the_cap_is_stopped_before_it(store, write_pipeline, ray_node, remote_cluster, aws):
-    from lhorch.orchestrator.state import ledger
     from lhorch.orchestrator.budget.guard import BudgetGuard
+    from lhorch.orchestrator.state import ledger
 
     path = write_pipeline("""\
         name: capped

@@ -9,8 +9,8 @@ from datetime import datetime, timedelta, timezone
 import boto3
 import pytest
 from botocore.stub import Stubber
-
 from moto_server import moto_endpoint  # noqa: F401 - fixture
+
 from lhorch.orchestrator.core.plan import Offer
 from lhorch.providers.aws.prices import PriceCache, PriceSource, parse_on_demand
 
@@ -38,8 +38,8 @@ FILTERS = [{"Type": "TERM_MATCH", "Field": f, "Value": v} for f, v in (
 
 
 def catalogue(region, spot):
-    base = dict(provider="aws", instance_type="g5.xlarge", region=region, vcpus=4, memory_gb=16, gpus=1,
-                gpu_model="A10G", gpu_memory_gb=24, startup_seconds=240)
+    base = {"provider": "aws", "instance_type": "g5.xlarge", "region": region, "vcpus": 4, "memory_gb": 16, "gpus": 1,
+                "gpu_model": "A10G", "gpu_memory_gb": 24, "startup_seconds": 240}
     return [Offer(market="on-demand", price_per_hour=1.0, **base), Offer(market="spot", price_per_hour=0.4, **base)]
 
 

@@ -19,15 +19,16 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from click.testing import CliRunner
-
 from moto_server import StandInConnector, aws, moto_endpoint, stand_in_head  # noqa: F401 - fixtures
+
+from lhorch.orchestrator.core.cluster import ClusterRequest
 from lhorch.orchestrator.core.errors import CapacityError, ClusterUnreachable
-from lhorch.orchestrator.state.store import Store
 from lhorch.orchestrator.core.plan import Offer
+from lhorch.orchestrator.state.store import Store
 from lhorch.providers.aws.ec2 import BILLABLE_STATES
 from lhorch.providers.aws.provider import AwsProvider
 from lhorch.providers.aws.retry import Backoff
-from lhorch.orchestrator.core.cluster import ClusterRequest
+from lhorch.providers.aws.settings import AwsSettings
 from lhorch.providers.base import Provider
 
 CALLER_IP = "203.0.113.7"
@@ -59,12 +60,13 @@ def run(request) -> str:
 def make_provider(moto_endpoint, home, stand_in_head, sleeps):
     made = []
 
-    def make(**kw) -> AwsProvider:
+    def make(clock=None, **kw) -> AwsProvider:
         store = Store(home)
-        args = dict(store=store, connector=StandInConnector(stand_in_head), ip_lookup=lambda: CALLER_IP,
-                    sleep=sleeps.append, versions=VERSIONS, price_fallback=no_catalogue, host="laptop",
-                    poll_interval=0.01)
-        args.update(kw)
+        settings = AwsSettings(**{"versions": VERSIONS, "host": "laptop", "poll_interval": 0.01, **kw})
+        args = {"store": store, "settings": settings, "connector": StandInConnector(stand_in_head),
+                    "ip_lookup": lambda: CALLER_IP, "sleep": sleeps.append, "price_fallback": no_catalogue}
+        if clock is not None:
+            args["clock"] = clock
         p = AwsProvider(boto3.Session(region_name="us-east-1"), **args)
         made.append(p)
         return p
@@ -203,10 +205,12 @@ CRASH = textwrap.dedent("""
     from lhorch.orchestrator.state.store import Store
     from lhorch.orchestrator.core.plan import Offer
     from lhorch.providers.aws.provider import AwsProvider
+    from lhorch.providers.aws.settings import AwsSettings
     from lhorch.providers.base import ClusterRequest
-    p = AwsProvider(boto3.Session(region_name="us-east-1"), store=Store({home!r}), ip_lookup=lambda: "203.0.113.7",
-                    versions={{"python": "3.11", "ray": "2.60.0", "lhorch": "0.1.0"}}, price_fallback=lambda r, s: [],
-                    host="laptop", connector=StandInConnector(None), sleep=lambda s: None)
+    settings = AwsSettings(versions={{"python": "3.11", "ray": "2.60.0", "lhorch": "0.1.0"}}, host="laptop")
+    p = AwsProvider(boto3.Session(region_name="us-east-1"), store=Store({home!r}), settings=settings,
+                    ip_lookup=lambda: "203.0.113.7", price_fallback=lambda r, s: [],
+                    connector=StandInConnector(None), sleep=lambda s: None)
     # kill -9 the moment RunInstances has answered: no except/finally, no cleanup.
     p.ec2.meta.events.register("after-call.ec2.RunInstances", lambda **kw: os.kill(os.getpid(), signal.SIGKILL))
     offer = Offer(provider="aws", instance_type="m5.large", market="on-demand", vcpus=2, memory_gb=8, price_per_hour=0.096)

@@ -8,8 +8,8 @@ import os
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-
 from moto_server import moto_endpoint  # noqa: F401 - fixture
+
 from lhorch.orchestrator.core.errors import CloudError
 from lhorch.providers.aws.s3 import MiB, S3ArtifactStore, ensure_bucket, file_sha256
 

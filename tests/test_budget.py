@@ -9,14 +9,21 @@ import pytest
 from click.testing import CliRunner
 from pydantic import BaseModel
 
-from lhorch.orchestrator.state import ledger
-from lhorch.orchestrator.budget.caps import CostMeter, Watchdog, check_plan, effective_cap, instance_cost, monthly_allows_cloud
+from lhorch.orchestrator.budget.caps import (
+    CostMeter,
+    Watchdog,
+    check_plan,
+    effective_cap,
+    instance_cost,
+    monthly_allows_cloud,
+)
 from lhorch.orchestrator.cli import main
 from lhorch.orchestrator.core.clock import FakeClock
 from lhorch.orchestrator.core.errors import EXIT_BUDGET, BudgetError
-from lhorch.orchestrator.core.spec import Budget
-from lhorch.orchestrator.state.store import utcnow
 from lhorch.orchestrator.core.plan import Placement, Plan
+from lhorch.orchestrator.core.spec import Budget
+from lhorch.orchestrator.state import ledger
+from lhorch.orchestrator.state.store import utcnow
 
 T0 = datetime(2024, 3, 10, 12, 0, tzinfo=timezone.utc)
 

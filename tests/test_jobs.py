@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +17,9 @@ from lhorch.jobs import compress, distill, evaluate, finetune, preprocess, pretr
 from lhorch.jobs.cli import command
 from lhorch.jobs.context import StageContext, from_env, to_env
 from lhorch.jobs.data import load_dataset
+from lhorch.jobs.index import JOBS
 from lhorch.jobs.models import load_model
 from lhorch.jobs.params import FinetuneParams
-from lhorch.jobs.index import JOBS
 from lhorch.orchestrator.core.errors import SpecError
 from lhorch.orchestrator.pipeline.loader import parse_pipeline
 
@@ -65,7 +64,7 @@ def test_preprocess_reads_csv_and_npz_and_cleans(tmp_path):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(60, 3))
     y = np.repeat(["cat", "dog", "eel"], 20)
-    lines = ["a,b,c,label"] + [f"{a},{b},{c},{lab}" for (a, b, c), lab in zip(X, y)]
+    lines = ["a,b,c,label"] + [f"{a},{b},{c},{lab}" for (a, b, c), lab in zip(X, y, strict=True)]
     lines += [lines[1], "1.0,,2.0,cat"]  # a duplicate and a row with a missing value
     (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
     s = preprocess.run({"dataset": str(tmp_path / "d.csv")}, ctx(tmp_path / "csv"))

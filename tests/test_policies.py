@@ -11,9 +11,11 @@ import pytest
 from click.testing import CliRunner
 
 from lhorch.orchestrator.core.errors import BudgetError, InfeasibleError
+from lhorch.orchestrator.core.policy_name import PolicyName
+from lhorch.orchestrator.core.profile import Profile
 from lhorch.orchestrator.pipeline.loader import parse_pipeline
 from lhorch.orchestrator.planning.planner import make_plan, require_feasible
-from lhorch.orchestrator.core.profile import Profile
+from lhorch.policies import POLICIES, Policy, get_policy
 from lhorch.providers.aws.catalogue import catalogue_offers, merge_live_prices
 
 PROFILES = Path(__file__).parent / "fixtures" / "profiles"
@@ -134,6 +136,15 @@ def test_a_plan_never_exceeds_the_cap_it_is_refused_instead():
             require_feasible(plan)
 
 
+def test_every_policy_name_has_an_implementation():
+    assert set(POLICIES) == set(PolicyName)
+    for name in PolicyName:
+        policy = get_policy(name.value)
+        assert isinstance(policy, Policy) and policy.name == name.value
+    with pytest.raises(ValueError, match="choose one of local-first, cheapest, fastest, balanced"):
+        get_policy("quickest")
+
+
 def test_pinned_placements_are_honoured():
     p = pipeline("""
         name: pins
@@ -196,7 +207,8 @@ def test_cli_plan_json(tmp_path, monkeypatch):
           prep: {run: "true", hints: {minutes: 2}}
           join: {run: "true", needs: [prep], resources: {memory_gb: 48}, hints: {minutes: 10}}
     """)
-    result = CliRunner().invoke(_cli(), ["plan", str(path), "--json", "--profile-file", str(PROFILES / "cpu_4core.json")])
+    result = CliRunner().invoke(_cli(), ["plan", str(path), "--json",
+                                         "--profile-file", str(PROFILES / "cpu_4core.json")])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["feasible"] and data["policy"] == "balanced"

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from lhorch.orchestrator.machine import microbench as benchmarks
-from lhorch.orchestrator.state import history
-from lhorch.orchestrator.machine.microbench import BenchSettings, ObjectStoreUploader, measure_all, timed_loop
 from lhorch.orchestrator.core.errors import UsageError
-from lhorch.orchestrator.machine.inventory import Inventory, parse_nvidia_smi, take_inventory
 from lhorch.orchestrator.core.profile import GpuInfo, Measurement, Profile
+from lhorch.orchestrator.machine import microbench as benchmarks
+from lhorch.orchestrator.machine.inventory import Inventory, parse_nvidia_smi, take_inventory
+from lhorch.orchestrator.machine.microbench import BenchSettings, ObjectStoreUploader, measure_all, timed_loop
 from lhorch.orchestrator.machine.profiler import PROFILE_ENV, cached_profiles, get_profile, load_profile_file
+from lhorch.orchestrator.state import history
 from lhorch.orchestrator.state.store import Store
 
 FIXTURES = Path(__file__).parent / "fixtures" / "profiles"
@@ -198,7 +198,8 @@ def test_fixture_profiles_describe_the_machines_they_claim():
     box = load_profile_file(FIXTURES / "cpu_4core.json")
     assert box.physical_cores == 4 and box.gpus == [] and box.gflops("cuda0") is None
     mac = load_profile_file(FIXTURES / "mac_mps.json")
-    assert mac.mps and mac.gpus[0].backend == "mps" and mac.gflops("mps", "fp16") > 0 and not mac.gpus[0].compute_capability
+    assert mac.mps and mac.gpus[0].backend == "mps" and mac.gflops("mps", "fp16") > 0
+    assert not mac.gpus[0].compute_capability
     assert len({laptop.fingerprint, box.fingerprint, mac.fingerprint}) == 3
 
 
@@ -296,7 +297,7 @@ def test_upload_is_measured_once_when_an_endpoint_appears_and_then_cached(store)
 
 # --- history ------------------------------------------------------------------------------------
 def test_history_records_and_summarizes_stage_runs(store):
-    common = dict(pipeline="churn", stage="train", target="local")
+    common = {"pipeline": "churn", "stage": "train", "target": "local"}
     runs = [("m1", "s1", 100.0, 900.0, None, 10**9), ("m1", "s1", 140.0, 1200.0, 300.0, 10**9),
             ("m1", "s2", 90.0, 800.0, None, 2 * 10**9), ("m2", "s1", 30.0, 950.0, 2048.0, 10**9)]
     for i, (machine, spec, wall, rss, gpu, inp) in enumerate(runs):

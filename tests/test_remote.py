@@ -13,10 +13,10 @@ import boto3
 import pytest
 
 from lhorch.orchestrator.core.errors import ClusterUnreachable
+from lhorch.orchestrator.execution.runner import Runner, RunOptions
+from lhorch.orchestrator.machine.profiler import load_profile_file
 from lhorch.orchestrator.pipeline.loader import load_pipeline
 from lhorch.orchestrator.planning.planner import make_plan
-from lhorch.orchestrator.machine.profiler import load_profile_file
-from lhorch.orchestrator.execution.runner import RunOptions, Runner
 from lhorch.providers.local import free_port
 from lhorch.providers.ray_cluster import RayClusterProvider
 

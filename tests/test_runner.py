@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from lhorch.orchestrator.execution.runner import Runner, RunOptions
 from lhorch.orchestrator.pipeline.loader import load_pipeline
-from lhorch.orchestrator.execution.runner import RunOptions, Runner
 from lhorch.orchestrator.state.store import Store
 
 pytestmark = pytest.mark.ray

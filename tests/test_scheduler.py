@@ -24,16 +24,17 @@ from zoneinfo import ZoneInfo
 import pytest
 from click.testing import CliRunner
 
-from lhorch.orchestrator.scheduling import schedules as sch
-from lhorch.orchestrator.pipeline.artifacts import pipeline_fingerprint
 from lhorch.orchestrator.cli import main
 from lhorch.orchestrator.core.clock import FakeClock
 from lhorch.orchestrator.core.errors import LhorchError
-from lhorch.orchestrator.pipeline.loader import load_pipeline
-from lhorch.orchestrator.scheduling.notify import Notice, post_webhook, send
-from lhorch.orchestrator.scheduling.model_registry import Registry, decide
-from lhorch.orchestrator.scheduling.daemon import LaunchRequest, RunResult, Scheduler, acquire_lock, parse_result
 from lhorch.orchestrator.core.spec import Notify, Promotion
+from lhorch.orchestrator.pipeline.artifacts import pipeline_fingerprint
+from lhorch.orchestrator.pipeline.loader import load_pipeline
+from lhorch.orchestrator.scheduling import schedules as sch
+from lhorch.orchestrator.scheduling.daemon import LaunchRequest, RunResult, Scheduler, acquire_lock, parse_result
+from lhorch.orchestrator.scheduling.model_registry import Registry, decide
+from lhorch.orchestrator.scheduling.notify import Notice, post_webhook, send
+from lhorch.orchestrator.state.models import ModelVersion
 
 UTC = timezone.utc
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -292,8 +293,6 @@ def test_regression_is_not_promoted_better_model_is_and_rollback(store, write_pi
 
 
 def test_gate_rules():
-    from lhorch.orchestrator.scheduling.model_registry import ModelVersion
-
     cur = ModelVersion("p", 1, "r", "s", "/x", None, {"loss": 0.5, "f1_macro": 0.8}, "current", None, datetime.now(UTC))
     assert decide(Promotion(), {"f1_macro": 0.8}, cur)[0]  # at least as good
     assert not decide(Promotion(min_delta=0.01), {"f1_macro": 0.805}, cur)[0]

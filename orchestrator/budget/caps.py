@@ -15,16 +15,16 @@ How a run stays under its cap:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable
 
-from lhorch.orchestrator.state import ledger
 from lhorch.orchestrator.core.clock import Clock
 from lhorch.orchestrator.core.errors import BudgetError
-from lhorch.orchestrator.core.spec import Budget
-from lhorch.orchestrator.state.store import Store
 from lhorch.orchestrator.core.plan import Plan
+from lhorch.orchestrator.core.spec import Budget
+from lhorch.orchestrator.state import ledger
+from lhorch.orchestrator.state.store import Store
 
 # EC2 Linux on-demand and spot: per-second billing with a 60 s minimum each time an instance starts.
 # https://aws.amazon.com/ec2/pricing/on-demand/ ("Per Second Billing")

@@ -10,16 +10,14 @@ turn and at release. The arithmetic lives in budget.py; this only connects it to
 
 from __future__ import annotations
 
-
-
-from lhorch.orchestrator.state import ledger
 from lhorch.orchestrator.budget.caps import CostMeter, Watchdog, effective_cap
 from lhorch.orchestrator.core.clock import Clock, SystemClock
-from lhorch.orchestrator.core.errors import BudgetError
-from lhorch.orchestrator.core.spec import Pipeline
-from lhorch.orchestrator.state.store import Store
-from lhorch.orchestrator.core.plan import Plan
 from lhorch.orchestrator.core.cluster import Cluster, ClusterRequest
+from lhorch.orchestrator.core.errors import BudgetError
+from lhorch.orchestrator.core.plan import Plan
+from lhorch.orchestrator.core.spec import Pipeline
+from lhorch.orchestrator.state import ledger
+from lhorch.orchestrator.state.store import Store
 
 DEFAULT_TEARDOWN_S = 120.0
 
@@ -58,9 +56,10 @@ class BudgetGuard:
         now = self.clock.now()
         for dog in self.dogs:
             if (dog.stage is None or dog.stage in stages) and not dog.can_start(price, now):
+                spent = dog.meter.spent(now, dog.stage)
                 raise BudgetError(
                     f"starting {request.offer.instance_type} for {', '.join(stages)} would cross the "
-                    f"{'stage' if dog.stage else 'run'} cap of ${dog.cap:.2f} (spent ${dog.meter.spent(now, dog.stage):.2f})",
+                    f"{'stage' if dog.stage else 'run'} cap of ${dog.cap:.2f} (spent ${spent:.2f})",
                     hint="Raise budget.max_usd, or pin the stages to local.")
         # The nodes' own shutdown time, as if they started now: the cap holds with no laptop at all.
         probe = f"pending:{request.run_id}:{request.group}"

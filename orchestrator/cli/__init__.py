@@ -1,17 +1,60 @@
-"""The `lhorch` command. One module per command group; this file only assembles them and owns the
-single place where a user error becomes one message and an exit code."""
+"""The `lhorch` command. One module per command group; this file only names them and owns the single
+place where a user error becomes one message and an exit code.
+
+Commands load lazily (click's "LazyGroup" pattern): `lhorch validate` imports the pipeline loader and
+nothing of execution, providers or the store; `lhorch --help` imports every command to list it.
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
-from lhorch.orchestrator.core.version import __version__
 from lhorch.orchestrator.core.errors import LhorchError
+from lhorch.orchestrator.core.version import __version__
+
+# Command name → "module:attribute" in this package.
+COMMANDS = {
+    "validate": "validate:validate",
+    "schema": "validate:schema",
+    "run": "run:run",
+    "runs": "runs:runs",
+    "status": "runs:status",
+    "logs": "runs:logs",
+    "plan": "plan:plan",
+    "profile": "profile:profile",
+    "cost": "cost:cost",
+    "clusters": "cloud:clusters_cmd",
+    "down": "cloud:down_cmd",
+    "gc": "cloud:gc_cmd",
+    "schedule": "schedule:schedule",
+    "scheduler": "scheduler:scheduler",
+    "models": "models:models",
+}
 
 
-class _Group(click.Group):
+class _LazyGroup(click.Group):
+    """Imports a command's module only when the command is looked up, and turns a LhorchError into
+    one line, its hint and its exit code (the trace only with --debug)."""
+
+    def __init__(self, *args, lazy: dict[str, str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.lazy:
+            return super().get_command(ctx, cmd_name)
+        module, attribute = self.lazy[cmd_name].split(":")
+        command = getattr(importlib.import_module(f"{__name__}.{module}"), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{module}:{attribute} is not a click command")
+        return command
+
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)
@@ -24,7 +67,7 @@ class _Group(click.Group):
             sys.exit(exc.exit_code)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lhorch")
 @click.option("--debug", is_flag=True, help="Show stack traces for errors.")
 @click.pass_context
@@ -34,21 +77,9 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
-def _register() -> None:
-    from lhorch.orchestrator.cli import cloud, cost, models, plan, profile, runs, schedule
-
-    for module in (runs, plan, profile, cloud, cost, schedule, models):
-        for command in module.COMMANDS:
-            main.add_command(command)
-
-
-_register()
-
-
 def run() -> None:  # pragma: no cover - console entry
     main(obj={})
 
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main(obj={}))
-

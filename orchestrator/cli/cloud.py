@@ -8,15 +8,25 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Callable
 from datetime import datetime, timezone
+from typing import Any, TypeVar
 
 import click
+from rich.table import Table
 
 from lhorch.orchestrator.cli.output import console
+from lhorch.orchestrator.core.errors import LhorchError
+from lhorch.orchestrator.core.status import RunStatus
 from lhorch.orchestrator.state.store import Store
+from lhorch.providers.aws import records
+from lhorch.providers.local import LocalProvider
+
+_T = TypeVar("_T")
 
 
 def _provider(store: Store, region: str | None = None):
+    # Deferred: the provider module imports botocore (~0.5 s), which only the AWS commands need.
     from lhorch.providers.aws.provider import AwsProvider
 
     return AwsProvider.from_environment(store, region)
@@ -24,17 +34,16 @@ def _provider(store: Store, region: str | None = None):
 
 def _regions(store: Store, default: str) -> list[str]:
     """The configured region plus every region lhorch recorded a still-open resource in."""
-    from lhorch.providers.aws import records
-
     regions = {default} | {r["details"].get("region") for r in records.open_rows(store)}
     return sorted(r for r in regions if r)
 
 
-def _aws_call(fn):
+def _aws_call(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    # Deferred: the provider module imports botocore (~0.5 s), which only the AWS commands need.
     from lhorch.providers.aws.provider import aws_errors
 
     with aws_errors():
-        return fn()
+        return fn(*args, **kwargs)
 
 
 def live_runs(store: Store) -> set[str]:
@@ -42,7 +51,7 @@ def live_runs(store: Store) -> set[str]:
     is alive (another host's runs are assumed alive; their clusters still expire on their own)."""
     here = socket.gethostname()
     live = set()
-    for row in store.query("SELECT id, pid, host FROM runs WHERE status='running'"):
+    for row in store.runs_in({RunStatus.RUNNING}):
         if row["host"] != here:
             live.add(row["id"])
             continue
@@ -73,8 +82,6 @@ def clusters_cmd(as_json: bool) -> None:
     if not found:
         click.echo("Nothing running: no lhorch clusters in " + ", ".join(_regions(store, provider.region)) + ".")
         return
-    from rich.table import Table
-
     table = Table("run", "group", "region", "instances", "types", "$/hour", "up since", "expires")
     for c in found:
         table.add_row(c.run_id, c.group, c.region or "", str(len(c.instance_ids)),
@@ -92,8 +99,6 @@ def down_cmd(run: str | None, local_only: bool) -> None:
     """Release the clusters of RUN, or every lhorch cluster when RUN is omitted."""
     store = Store()
     if local_only:
-        from lhorch.providers.local import LocalProvider
-
         kept = LocalProvider(store.home).clusters()
         LocalProvider(store.home).release(force=True)
         click.echo("stopped the local Ray node" if kept else "No local Ray node is running.")
@@ -108,7 +113,7 @@ def down_cmd(run: str | None, local_only: bool) -> None:
         else:
             runs = sorted({c.run_id for c in _aws_call(p.clusters)})
         for run_id in runs:
-            names = _aws_call(lambda: p.release_run(run_id))
+            names = _aws_call(p.release_run, run_id)
             for name in names:
                 click.echo(f"released {name} ({region})")
     click.echo("Done. `lhorch clusters` shows what is still up.")
@@ -119,9 +124,6 @@ def down_cmd(run: str | None, local_only: bool) -> None:
 def gc_cmd(dry_run: bool) -> None:
     """Delete every lhorch-tagged instance, security group, key pair and token parameter that is
     past its expiry or whose run is no longer live on this host."""
-    from lhorch.orchestrator.core.errors import LhorchError
-    from lhorch.providers.local import LocalProvider
-
     store = Store()
     live = live_runs(store)
     now = datetime.now(timezone.utc)
@@ -138,11 +140,9 @@ def gc_cmd(dry_run: bool) -> None:
         return
     for region in _regions(store, provider.region):
         p = provider if region == provider.region else _provider(store, region)
-        for line in _aws_call(lambda: p.sweep(now, live, dry_run=dry_run)):
+        for line in _aws_call(p.sweep, now, live, dry_run=dry_run):
             total += 1
             click.echo(f"{'would delete' if dry_run else 'deleted'} {line} [{region}]")
     if not total:
         click.echo("Nothing to collect.")
 
-
-COMMANDS = [clusters_cmd, down_cmd, gc_cmd]

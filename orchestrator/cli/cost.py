@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from lhorch.orchestrator.state import ledger
+from lhorch.orchestrator.cli.output import console
 from lhorch.orchestrator.core.errors import NotFoundError
+from lhorch.orchestrator.state import ledger
 from lhorch.orchestrator.state.store import Store, utcnow
-
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 def _caps(spec_json: str | None) -> dict[str, float | None]:
@@ -29,7 +26,7 @@ def cost_report(store: Store, run: str | None, pipeline: str | None) -> dict:
     row = None
     if run:
         row = store.get_run(run)
-        if row is None and not store.query("SELECT 1 FROM ledger WHERE run_id=? LIMIT 1", (run,)):
+        if row is None and not ledger.has_run(store, run):
             raise NotFoundError(f"no run {run!r}", hint="`lhorch runs` lists the runs.")
     else:
         runs = store.list_runs(pipeline, limit=1)
@@ -38,11 +35,7 @@ def cost_report(store: Store, run: str | None, pipeline: str | None) -> dict:
             raise NotFoundError("no runs yet", hint="`lhorch run FILE` starts one.")
     run_id = row["id"] if row is not None else run
     if pipeline is None:
-        if row is not None:
-            pipeline = row["pipeline"]
-        else:
-            found = store.query("SELECT pipeline FROM ledger WHERE run_id=? LIMIT 1", (run_id,))
-            pipeline = found[0]["pipeline"]
+        pipeline = row["pipeline"] if row is not None else ledger.pipeline_of(store, run_id)
     caps = _caps(row["spec_json"] if row is not None else None)
     report: dict = {"pipeline": pipeline, "run": None,
                     "month_to_date_usd": round(ledger.month_to_date(store, pipeline, utcnow()), 6),
@@ -55,8 +48,8 @@ def cost_report(store: Store, run: str | None, pipeline: str | None) -> dict:
             "max_usd": caps["max_usd"],
             "estimate_usd": round(ledger.run_estimate(store, run_id), 6),
             "actual_usd": round(ledger.run_total(store, run_id), 6),
-            "stages": [{"stage": s.stage, "estimate_usd": round(s.estimate_usd, 6), "actual_usd": round(s.actual_usd, 6)}
-                       for s in stages.values()],
+            "stages": [{"stage": s.stage, "estimate_usd": round(s.estimate_usd, 6),
+                        "actual_usd": round(s.actual_usd, 6)} for s in stages.values()],
         }
     return report
 
@@ -76,6 +69,7 @@ def cost(run: str | None, pipeline: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report, sort_keys=True))
         return
+    out = console()
     r = report["run"]
     if r is not None:
         table = Table(title=f"run {r['run_id']}" + (f" ({r['status']})" if r["status"] else ""))
@@ -92,5 +86,3 @@ def cost(run: str | None, pipeline: str | None, as_json: bool) -> None:
     out.print(f"{report['pipeline']} this month: {_usd(report['month_to_date_usd'])}"
               + (f" of {_usd(cap)} (budget.monthly_max_usd)" if cap is not None else ""))
 
-
-COMMANDS = [cost]

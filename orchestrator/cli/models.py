@@ -6,8 +6,9 @@ import json
 
 import click
 
-from lhorch.orchestrator.scheduling.model_registry import Registry
 from lhorch.orchestrator.core.spec import Promotion
+from lhorch.orchestrator.core.status import ModelStatus
+from lhorch.orchestrator.scheduling.model_registry import Registry
 from lhorch.orchestrator.state.store import Store, iso
 
 
@@ -32,7 +33,7 @@ def list_cmd(pipeline: str | None, as_json: bool) -> None:
         out = []
         for v in versions:
             item = v.to_json()
-            item["current_path"] = str(reg.current_path(v.pipeline)) if v.status == "current" else None
+            item["current_path"] = str(reg.current_path(v.pipeline)) if v.status == ModelStatus.CURRENT else None
             out.append(item)
         click.echo(json.dumps(out, indent=2))
         return
@@ -41,15 +42,16 @@ def list_cmd(pipeline: str | None, as_json: bool) -> None:
         return
     click.echo(f"{'PIPELINE':<20} {'VER':>4} {'STATUS':<12} {'F1':>7} {'ACC':>7} {'RUN':<32} REASON")
     for v in versions:
-        click.echo(f"{v.pipeline:<20} {v.version:>4} {v.status:<12} {_fmt_metric(v.metrics, 'f1_macro'):>7} "
+        click.echo(f"{v.pipeline:<20} {v.version:>4} {v.status!s:<12} {_fmt_metric(v.metrics, 'f1_macro'):>7} "
                    f"{_fmt_metric(v.metrics, 'accuracy'):>7} {v.run_id:<32} {v.reason or ''}")
-    for name in sorted({v.pipeline for v in versions if v.status == "current"}):
+    for name in sorted({v.pipeline for v in versions if v.status == ModelStatus.CURRENT}):
         click.echo(f"current {name}: {reg.current_path(name)}")
 
 
 @models.command("register")
 @click.argument("run_id")
-@click.option("--metric", help="Metric that decides promotion (default: the pipeline's schedule.promote, else f1_macro).")
+@click.option("--metric",
+              help="Metric that decides promotion (default: the pipeline's schedule.promote, else f1_macro).")
 @click.option("--mode", type=click.Choice(["max", "min"]), help="Whether larger or smaller is better.")
 @click.option("--min-delta", type=float, help="How much better than the current model a new one must be.")
 @click.option("--stage", help="Stage whose `model` output is registered.")
@@ -64,7 +66,8 @@ def register_cmd(run_id: str, metric: str | None, mode: str | None, min_delta: f
         promote = (spec.get("schedule") or {}).get("promote")
         if promote:
             rule = Promotion.model_validate(promote)
-    overrides = {k: v for k, v in {"metric": metric, "mode": mode, "min_delta": min_delta, "stage": stage}.items() if v is not None}
+    given = {"metric": metric, "mode": mode, "min_delta": min_delta, "stage": stage}
+    overrides = {k: v for k, v in given.items() if v is not None}
     rule = rule.model_copy(update=overrides)
     decision = Registry(store).register_run(run_id, rule)
     verdict = "promoted to current" if decision.promoted else "rejected"
@@ -89,5 +92,3 @@ def rollback_cmd(pipeline: str) -> None:
     mv = reg.rollback(pipeline)
     click.echo(f"{pipeline} rolled back: v{mv.version} is current again ({iso(mv.created_at)})")
 
-
-COMMANDS = [models]

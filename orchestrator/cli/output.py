@@ -1,9 +1,11 @@
-"""Where commands print: one console for all of them."""
+"""Where commands print: one console for all of them, and one way to print JSON."""
 
 from __future__ import annotations
 
+import json
 import sys
 
+import click
 from rich.console import Console
 
 
@@ -11,3 +13,8 @@ def console() -> Console:
     """As wide as the terminal, or 200 columns when the output is a pipe or a file, so that tables
     are not folded into 80 columns."""
     return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+
+
+def emit_json(data: object) -> None:
+    """One JSON line (anything not JSON, such as a datetime, as its text)."""
+    click.echo(json.dumps(data, indent=None, default=str))

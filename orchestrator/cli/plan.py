@@ -14,17 +14,22 @@ from rich.table import Table
 
 from lhorch.orchestrator.cli.output import console
 from lhorch.orchestrator.core.durations import format_duration
-from lhorch.orchestrator.core.profile import Profile
 from lhorch.orchestrator.core.plan import Plan
-
-POLICY_NAMES = ["local-first", "cheapest", "fastest", "balanced"]
+from lhorch.orchestrator.core.policy_name import PolicyName
+from lhorch.orchestrator.core.profile import Profile
+from lhorch.orchestrator.machine.profiler import get_profile
+from lhorch.orchestrator.pipeline.loader import load_pipeline
+from lhorch.orchestrator.planning.planner import history_observations, make_plan, require_feasible
+from lhorch.orchestrator.state.store import Store
 
 
 def render(plan: Plan, console: Console) -> None:
     title = f"{plan.pipeline}: policy {plan.policy}" + ("" if plan.feasible else "  [red](refused)[/red]")
     table = Table(title=title, title_justify="left")
-    for col, kw in (("stage", {"style": "bold"}), ("target", {}), ("instance", {}), ("market", {}),
-                    ("est. time", {"justify": "right"}), ("est. cost", {"justify": "right"}), ("reason", {"overflow": "fold"})):
+    columns: tuple[tuple[str, dict], ...] = (
+        ("stage", {"style": "bold"}), ("target", {}), ("instance", {}), ("market", {}),
+        ("est. time", {"justify": "right"}), ("est. cost", {"justify": "right"}), ("reason", {"overflow": "fold"}))
+    for col, kw in columns:
         table.add_column(col, **kw)
     for p in plan.placements.values():
         instance = p.instance_type if p.target == "cloud" else "-"
@@ -48,24 +53,18 @@ def render(plan: Plan, console: Console) -> None:
 
 @click.command("plan")
 @click.argument("pipeline_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--policy", type=click.Choice(POLICY_NAMES), help="Override the pipeline's policy.")
+@click.option("--policy", type=click.Choice([p.value for p in PolicyName]), help="Override the pipeline's policy.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--profile-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Plan for the machine described in this Profile JSON instead of this one.")
 def plan(pipeline_file: Path, policy: str | None, as_json: bool, profile_file: Path | None) -> None:
     """Show where each stage would run, its estimated time and cost, and why."""
-    from lhorch.orchestrator.pipeline.loader import load_pipeline
-    from lhorch.orchestrator.planning.planner import history_observations, make_plan, require_feasible
-    from lhorch.orchestrator.state.store import Store
-
     pipeline = load_pipeline(pipeline_file)
     store = Store()
     try:
         if profile_file is not None:
             profile = Profile.model_validate_json(profile_file.read_text(encoding="utf-8"))
         else:
-            from lhorch.orchestrator.machine.profiler import get_profile
-
             profile = get_profile(store, profile_file=None)
         observations, output_gb = history_observations(store, pipeline, profile)
     finally:
@@ -77,5 +76,3 @@ def plan(pipeline_file: Path, policy: str | None, as_json: bool, profile_file: P
         render(result, console())
     require_feasible(result)
 
-
-COMMANDS = [plan]

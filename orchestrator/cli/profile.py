@@ -10,13 +10,14 @@ from rich.table import Table
 
 from lhorch.orchestrator.cli.output import console
 from lhorch.orchestrator.core.profile import Profile
+from lhorch.orchestrator.machine.microbench import ObjectStoreUploader
+from lhorch.orchestrator.machine.profiler import dump_profile_json, get_profile
+from lhorch.orchestrator.state.store import Store
+from lhorch.providers.transfer import s3_client
 
 
-def _s3_uploader(bucket: str):
-    # The S3 client comes from the provider layer: the core never imports boto3 itself.
-    from lhorch.orchestrator.machine.microbench import ObjectStoreUploader
-    from lhorch.providers.transfer import s3_client
-
+def _s3_uploader(bucket: str) -> ObjectStoreUploader:
+    # The S3 client comes from the provider layer (which imports boto3 only when asked for one).
     return ObjectStoreUploader(s3_client(), bucket)
 
 
@@ -34,9 +35,6 @@ def profile(as_json: bool, refresh: bool, thorough: bool, profile_file: Path | N
 
     Measurements take a few seconds and are cached for 7 days per hardware fingerprint; the
     inventory and current load are always read live."""
-    from lhorch.orchestrator.machine.profiler import dump_profile_json, get_profile
-    from lhorch.orchestrator.state.store import Store
-
     uploader = _s3_uploader(upload_bucket) if upload_bucket else None
     store = Store()
     try:
@@ -99,5 +97,3 @@ def render(p: Profile, console: Console) -> None:
     for note in p.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
 
-
-COMMANDS = [profile]

@@ -29,7 +29,9 @@ class Cluster(BaseModel):
     run_id: str = ""
     address: str = Field(..., description="Ray Jobs (dashboard) HTTP address, e.g. http://127.0.0.1:8265.")
     token: SecretStr | None = Field(None, description="Ray auth token; SecretStr so it never prints.")
-    remote: bool = Field(False, description="True when the cluster does not share the local disk: artifacts go through S3.")
+    remote: bool = Field(
+        False, description="True when the cluster does not share the local disk: artifacts go through S3.",
+    )
     instance_ids: list[str] = Field(default_factory=list)
     price_per_hour: float = 0.0
     launched_at: datetime | None = None

@@ -6,6 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Why an infeasible plan is refused: a stage fits nowhere, the budget cap, or the deadline.
+ProblemKind = Literal["fit", "budget", "deadline"]
+
 
 class _Data(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -64,7 +67,7 @@ class Plan(_Data):
     est_total_cost_usd: float = 0.0
     feasible: bool = True
     problems: list[str] = Field(default_factory=list, description="Why stages cannot be placed, if any.")
-    problem_kind: Literal["fit", "budget", "deadline"] | None = Field(
+    problem_kind: ProblemKind | None = Field(
         None, description="Why an infeasible plan is refused: a stage fits nowhere, the cap, or the deadline.",
     )
     budget_usd: float | None = Field(None, description="The cap the plan was made under (budget.max_usd).")

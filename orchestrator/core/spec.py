@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from lhorch.orchestrator.core.durations import parse_duration
+from lhorch.orchestrator.core.policy_name import PolicyName
+
+__all__ = ["Budget", "Cloud", "Duration", "Hints", "Notify", "Pipeline", "PolicyConfig", "PolicyName", "Promotion",
+           "Resources", "Schedule", "Stage"]
 
 NAME_RE = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
-PolicyName = Literal["local-first", "cheapest", "fastest", "balanced"]
 Placement = Literal["auto", "local", "cloud"]
 
 
@@ -26,7 +30,10 @@ class Model(BaseModel):
 Duration = Annotated[
     float,
     BeforeValidator(parse_duration),
-    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": r"^(\d+(\.\d+)?[smhd])+$"}]}),
+    WithJsonSchema({"anyOf": [
+        {"type": "number", "minimum": 0},
+        {"type": "string", "pattern": r"^(\d+(\.\d+)?[smhd])+$"},
+    ]}),
 ]
 
 
@@ -41,7 +48,10 @@ class Resources(Model):
 class Hints(Model):
     """What the stage author knows about its cost; the planner's estimates start from these."""
 
-    minutes: float | None = Field(None, gt=0, description="About how long the stage takes on the local machine, in minutes.")
+    minutes: float | None = Field(
+        None, gt=0,
+        description="About how long the stage takes on the local machine, in minutes.",
+    )
     minutes_on: dict[str, float] = Field(
         default_factory=dict,
         description='Observed minutes on named hardware, e.g. {t4: 40, cpu: 300}; keys are GPU models or "cpu".',
@@ -51,23 +61,42 @@ class Hints(Model):
     epochs: int | None = Field(None, gt=0, description="Epochs over the samples.")
     input_gb: float = Field(0.0, ge=0, description="Size of the stage's inputs when they are not yet known from a run.")
     output_gb: float = Field(0.0, ge=0, description="Size of the stage's outputs when not yet known from a run.")
-    checkpoint_minutes: float = Field(10.0, gt=0, description="Minutes between checkpoints; bounds what a spot interruption loses.")
+    checkpoint_minutes: float = Field(
+        10.0, gt=0,
+        description="Minutes between checkpoints; bounds what a spot interruption loses.",
+    )
 
 
 class Stage(Model):
     uses: str | None = Field(None, description="A built-in job, e.g. jobs.finetune. Exactly one of `uses` and `run`.")
-    run: str | None = Field(None, description="A shell command to run where the stage is placed. Exactly one of `uses` and `run`.")
-    with_: dict[str, Any] = Field(default_factory=dict, alias="with", description="Parameters of the built-in job in `uses`.")
-    needs: list[str] = Field(default_factory=list, description="Stages that must finish first; their outputs become this stage's inputs.")
+    run: str | None = Field(
+        None,
+        description="A shell command to run where the stage is placed. Exactly one of `uses` and `run`.",
+    )
+    with_: dict[str, Any] = Field(
+        default_factory=dict, alias="with",
+        description="Parameters of the built-in job in `uses`.",
+    )
+    needs: list[str] = Field(
+        default_factory=list,
+        description="Stages that must finish first; their outputs become this stage's inputs.",
+    )
     resources: Resources = Field(default_factory=Resources, description="What one run of the stage needs.")
     placement: Placement = Field("auto", description="auto lets the policy decide; local or cloud pins the stage.")
     retries: int = Field(0, ge=0, le=20, description="How many times a failed attempt is retried.")
-    timeout: Duration | None = Field(None, description="Longest a single attempt may run (e.g. 30m); then it is stopped and fails.")
+    timeout: Duration | None = Field(
+        None,
+        description="Longest a single attempt may run (e.g. 30m); then it is stopped and fails.",
+    )
     inputs: dict[str, str] = Field(
         default_factory=dict,
-        description="Named inputs: `stage.output` for another stage's artifact, or a path to a file or folder (relative to the pipeline file).",
+        description="Named inputs: `stage.output` for another stage's artifact, or a path to a file or folder "
+                    "(relative to the pipeline file).",
     )
-    outputs: list[str] = Field(default_factory=list, description="Artifact names the stage writes under $LHORCH_OUTPUT_DIR/<name>.")
+    outputs: list[str] = Field(
+        default_factory=list,
+        description="Artifact names the stage writes under $LHORCH_OUTPUT_DIR/<name>.",
+    )
     env: dict[str, str] = Field(default_factory=dict, description="Environment variables for the stage's process.")
     hints: Hints = Field(default_factory=Hints, description="Size and time hints for the planner.")
     budget_usd: float | None = Field(None, gt=0, description="Optional cap in USD on this stage's cloud spend.")
@@ -102,7 +131,7 @@ class Stage(Model):
         return env
 
     @model_validator(mode="after")
-    def _one_action(self) -> "Stage":
+    def _one_action(self) -> Stage:
         if (self.uses is None) == (self.run is None):
             raise ValueError("a stage needs exactly one of `uses` (a built-in job) or `run` (a command)")
         if self.run is not None and self.with_:
@@ -114,19 +143,31 @@ class Stage(Model):
 
 class Budget(Model):
     max_usd: float | None = Field(None, gt=0, description="Hard cap in USD for one run, all cloud spend included.")
-    monthly_max_usd: float | None = Field(None, gt=0, description="Cap in USD across all runs of this pipeline in a calendar month.")
+    monthly_max_usd: float | None = Field(
+        None, gt=0,
+        description="Cap in USD across all runs of this pipeline in a calendar month.",
+    )
     alert_fraction: float = Field(0.8, gt=0, le=1, description="Warn when this fraction of a cap is spent.")
-    check_interval: Duration = Field(30.0, description="How often the budget watchdog checks spend while cloud work runs.")
+    check_interval: Duration = Field(
+        30.0,
+        description="How often the budget watchdog checks spend while cloud work runs.",
+    )
 
+
+# Outcomes of a scheduled run that can notify (a subset of lhorch.orchestrator.core.status.FireStatus).
+NotifyOn = Literal["failed", "budget_exceeded", "not_promoted", "succeeded", "skipped"]
+NOTIFY_BY_DEFAULT: tuple[NotifyOn, ...] = ("failed", "budget_exceeded", "not_promoted")
 
 
 class Notify(Model):
     webhook_env: str | None = Field(
-        None, description="Name of the environment variable that holds a Slack-compatible webhook URL (the URL itself never goes in the file).",
+        None,
+        description="Name of the environment variable that holds a Slack-compatible webhook URL "
+                    "(the URL itself never goes in the file).",
     )
     desktop: bool = Field(True, description="Show a desktop notification where the system has one.")
-    on: list[Literal["failed", "budget_exceeded", "not_promoted", "succeeded", "skipped"]] = Field(
-        default_factory=lambda: ["failed", "budget_exceeded", "not_promoted"],
+    on: list[NotifyOn] = Field(
+        default_factory=lambda: list(NOTIFY_BY_DEFAULT),
         description="Which outcomes of a scheduled run notify.",
     )
 
@@ -134,18 +175,36 @@ class Notify(Model):
 class Promotion(Model):
     metric: str = Field("f1_macro", description="Metric in the evaluation's metrics.json that decides promotion.")
     mode: Literal["max", "min"] = Field("max", description="Whether larger or smaller values of the metric are better.")
-    min_delta: float = Field(0.0, description="How much better than the current model a new one must be (0: at least as good).")
-    stage: str | None = Field(None, description="Stage whose `model` output is registered; default: the stage that writes metrics.")
+    min_delta: float = Field(
+        0.0,
+        description="How much better than the current model a new one must be (0: at least as good).",
+    )
+    stage: str | None = Field(
+        None,
+        description="Stage whose `model` output is registered; default: the stage that writes metrics.",
+    )
 
 
 class Schedule(Model):
     cron: str = Field(..., description='Cron expression, e.g. "0 2 * * *" for 02:00 every night.')
     timezone: str = Field("UTC", description="IANA time zone the cron expression is read in, e.g. Europe/Berlin.")
-    overlap: Literal["skip", "queue"] = Field("skip", description="When a run is still going at the next fire time: skip it or queue it.")
-    catchup: Literal["once", "skip"] = Field("once", description="Runs missed while the machine slept: run once on wake, or skip them.")
-    only_if_changed: bool = Field(True, description="Skip a scheduled run when no stage's inputs changed since the last run.")
+    overlap: Literal["skip", "queue"] = Field(
+        "skip",
+        description="When a run is still going at the next fire time: skip it or queue it.",
+    )
+    catchup: Literal["once", "skip"] = Field(
+        "once",
+        description="Runs missed while the machine slept: run once on wake, or skip them.",
+    )
+    only_if_changed: bool = Field(
+        True,
+        description="Skip a scheduled run when no stage's inputs changed since the last run.",
+    )
     promote: Promotion | None = Field(None, description="Promotion gate for the model this pipeline produces.")
-    notify: Notify = Field(default_factory=Notify, description="Who hears about failed, budget-stopped or not-promoted runs.")
+    notify: Notify = Field(
+        default_factory=Notify,
+        description="Who hears about failed, budget-stopped or not-promoted runs.",
+    )
 
     @field_validator("cron")
     @classmethod
@@ -157,8 +216,6 @@ class Schedule(Model):
     @field_validator("timezone")
     @classmethod
     def _tz(cls, tz: str) -> str:
-        from zoneinfo import ZoneInfo
-
         try:
             ZoneInfo(tz)
         except Exception:  # ZoneInfoNotFoundError or a malformed key
@@ -167,39 +224,67 @@ class Schedule(Model):
 
 
 class Cloud(Model):
-    provider: Literal["aws", "ray", "none"] = Field("none", description="aws starts Ray clusters on EC2; ray uses an existing cluster at `address`; none keeps everything local.")
+    provider: Literal["aws", "ray", "none"] = Field(
+        "none",
+        description="aws starts Ray clusters on EC2; ray uses an existing cluster at `address`; "
+                    "none keeps everything local.",
+    )
     region: str | None = Field(None, description="AWS region; default from the AWS profile or environment.")
     profile: str | None = Field(None, description="AWS named profile to use.")
     spot: bool = Field(True, description="Allow spot instances where the policy finds them cheaper.")
-    address: str | None = Field(None, description="For provider ray: the cluster's Jobs address, e.g. http://10.0.0.5:8265.")
-    token_env: str = Field("LHORCH_RAY_TOKEN", description="Environment variable that holds the remote cluster's Ray token.")
-    token_file: str | None = Field(None, description="File that holds the remote cluster's Ray token (instead of token_env).")
+    address: str | None = Field(
+        None,
+        description="For provider ray: the cluster's Jobs address, e.g. http://10.0.0.5:8265.",
+    )
+    token_env: str = Field(
+        "LHORCH_RAY_TOKEN",
+        description="Environment variable that holds the remote cluster's Ray token.",
+    )
+    token_file: str | None = Field(
+        None,
+        description="File that holds the remote cluster's Ray token (instead of token_env).",
+    )
     bucket: str | None = Field(None, description="S3 bucket for artifacts; lhorch creates a private one when unset.")
     prefix: str = Field("lhorch", description="Key prefix for this pipeline's artifacts in the bucket.")
-    instance_types: list[str] = Field(default_factory=list, description="Only consider these instance types (empty: the whole catalogue).")
+    instance_types: list[str] = Field(
+        default_factory=list,
+        description="Only consider these instance types (empty: the whole catalogue).",
+    )
     max_instances: int = Field(4, ge=1, le=64, description="Most instances one cluster may have.")
-    idle_minutes: float = Field(10.0, gt=0, description="Dead-man switch: instances terminate themselves after this long without a check-in.")
-    max_hours: float = Field(12.0, gt=0, description="Hard stop: instances terminate themselves this long after launch at the latest.")
+    idle_minutes: float = Field(
+        10.0, gt=0,
+        description="Dead-man switch: instances terminate themselves after this long without a check-in.",
+    )
+    max_hours: float = Field(
+        12.0, gt=0,
+        description="Hard stop: instances terminate themselves this long after launch at the latest.",
+    )
 
     @model_validator(mode="after")
-    def _address(self) -> "Cloud":
+    def _address(self) -> Cloud:
         if self.provider == "ray" and not self.address:
             raise ValueError("provider ray needs `address`, the cluster's Jobs address")
         return self
 
 
 class PolicyConfig(Model):
-    name: PolicyName = Field("balanced", description="local-first | cheapest | fastest | balanced.")
+    name: PolicyName = Field(PolicyName.BALANCED, description=" | ".join(PolicyName) + ".")
     value_of_time_usd_per_hour: float = Field(
         2.0, ge=0, description="For balanced: what one hour of waiting is worth to you, in USD.",
     )
-    electricity_usd_per_hour: float = Field(0.0, ge=0, description="Cost of running the local machine per hour, if you want it counted.")
+    electricity_usd_per_hour: float = Field(
+        0.0, ge=0,
+        description="Cost of running the local machine per hour, if you want it counted.",
+    )
 
 
 class Pipeline(Model):
     name: str = Field(..., pattern=NAME_RE, description="Pipeline name; runs, schedules and models are filed under it.")
     description: str | None = Field(None, description="Free text.")
-    policy: PolicyConfig = Field(default_factory=PolicyConfig, description="Placement policy: a name, or a mapping with `name` and its options.")
+    policy: PolicyConfig = Field(
+        default_factory=PolicyConfig,
+        description="Placement policy: a name, or a mapping with `name` and its options.",
+    )
     budget: Budget | None = Field(None, description="Spending caps.")
     schedule: Schedule | None = Field(None, description="When to run this pipeline by itself (see `lhorch schedule`).")
     deadline: Duration | None = Field(None, description="Latest acceptable finish, from the start of a run (e.g. 4h).")

@@ -108,7 +108,8 @@ _JOB_TO_STAGE = {
 
 
 class FireStatus(StrEnum):
-    """One fire of a schedule."""
+    """One fire of a schedule: what its run ended as (a run's status, or what the exit code of
+    `lhorch run` means when it printed none), or what the scheduler did with the fire instead."""
 
     QUEUED = "queued"
     RUNNING = "running"
@@ -117,7 +118,32 @@ class FireStatus(StrEnum):
     SKIPPED = "skipped"
     MISSED = "missed"
     BUDGET_EXCEEDED = "budget_exceeded"
+    REFUSED = "refused"
     INTERRUPTED = "interrupted"
+    INVALID = "invalid"
+    INFEASIBLE = "infeasible"
+    CLOUD_ERROR = "cloud_error"
+    PROMOTED = "promoted"
+    NOT_PROMOTED = "not_promoted"
+    LOST = "lost"
+
+    @classmethod
+    def active(cls) -> frozenset[FireStatus]:
+        """The fire's run is going, or waiting for the previous one."""
+        return frozenset({cls.RUNNING, cls.QUEUED})
+
+    @classmethod
+    def finished_ok(cls) -> frozenset[FireStatus]:
+        """Nothing went wrong: a later failure count starts again after one of these."""
+        return frozenset({cls.SUCCEEDED, cls.PROMOTED, cls.NOT_PROMOTED, cls.SKIPPED})
+
+    @classmethod
+    def parse(cls, value: object) -> FireStatus:
+        """The status a run reported; one lhorch does not know counts as failed."""
+        try:
+            return cls(str(value))
+        except ValueError:
+            return cls.FAILED
 
 
 class ModelStatus(StrEnum):
@@ -127,6 +153,7 @@ class ModelStatus(StrEnum):
     CURRENT = "current"
     REJECTED = "rejected"
     RETIRED = "retired"
+    ROLLED_BACK = "rolled_back"
 
 
 class ResourceState(StrEnum):

@@ -8,14 +8,17 @@ cluster found gone (a spot interruption, a terminated node) is marked ``lost`` f
 from __future__ import annotations
 
 import threading
-from typing import Callable, Iterable, Protocol
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
+from lhorch.orchestrator.core.cluster import Cluster
 from lhorch.orchestrator.core.errors import ClusterUnreachable
+from lhorch.providers.base import HeartbeatingProvider, Provider
 
 
 class _Beating(Protocol):
-    cluster: object
-    provider: object
+    cluster: Cluster | None
+    provider: Provider
     released: bool
     lost: str | None
 
@@ -31,10 +34,13 @@ class Heartbeats:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             for target in self._targets():
-                if target.cluster is None or target.released or target.lost or not hasattr(target.provider, "heartbeat"):
+                provider = target.provider
+                if target.cluster is None or target.released or target.lost:
+                    continue
+                if not isinstance(provider, HeartbeatingProvider):
                     continue
                 try:
-                    target.provider.heartbeat(target.cluster)
+                    provider.heartbeat(target.cluster)
                 except ClusterUnreachable as exc:
                     target.lost = str(exc)
                 except Exception as exc:  # a failed check-in is retried at the next beat

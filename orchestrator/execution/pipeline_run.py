@@ -9,15 +9,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lhorch.orchestrator.planning.planner import history_observations, make_plan, require_feasible
-from lhorch.orchestrator.core.profile import Profile
-from lhorch.orchestrator.execution.progress import Reporter, make_reporter
-from lhorch.orchestrator.execution.runner import RunOptions, RunResult, Runner
-from lhorch.orchestrator.core.spec import Pipeline
+from lhorch.orchestrator.budget.caps import check_plan, monthly_allows_cloud
+from lhorch.orchestrator.budget.guard import BudgetGuard, month_spent
+from lhorch.orchestrator.core.clock import SystemClock
 from lhorch.orchestrator.core.graph import topological_order
-from lhorch.orchestrator.state.store import Store
 from lhorch.orchestrator.core.plan import Plan
+from lhorch.orchestrator.core.profile import Profile
+from lhorch.orchestrator.core.spec import Pipeline
+from lhorch.orchestrator.execution.progress import Reporter, make_reporter
+from lhorch.orchestrator.execution.runner import Runner, RunOptions, RunResult
+from lhorch.orchestrator.machine.profiler import get_profile
+from lhorch.orchestrator.planning.estimator import local_offer
+from lhorch.orchestrator.planning.planner import history_observations, make_plan, require_feasible
+from lhorch.orchestrator.state.store import Store
 from lhorch.providers.base import Provider
+from lhorch.providers.factory import providers_for
 from lhorch.providers.local import LocalProvider
 
 
@@ -28,16 +34,11 @@ def local_provider(store: Store, keep_ray: bool = False) -> LocalProvider:
 
 def cloud_providers(store: Store, pipeline: Pipeline) -> dict[str, Provider]:
     """The providers a pipeline's `cloud:` section asks for (none for provider: none)."""
-    from lhorch.providers.factory import providers_for
-
     return providers_for(store, pipeline.cloud)
 
 
 def plan_run(store: Store, pipeline: Pipeline, policy: str | None = None, *,
              allow_cloud: bool = True) -> tuple[Plan, Profile]:
-    from lhorch.orchestrator.planning.estimator import local_offer
-    from lhorch.orchestrator.machine.profiler import get_profile
-
     profile = get_profile(store)
     observations, output_gb = history_observations(store, pipeline, profile)
     offers = None if allow_cloud else [local_offer(profile, pipeline.policy.electricity_usd_per_hour)]
@@ -48,18 +49,12 @@ def plan_run(store: Store, pipeline: Pipeline, policy: str | None = None, *,
 
 def check_budget(pipeline: Pipeline, plan: Plan, spent: float) -> None:
     """Refuse, before anything starts, a plan whose estimate is over a cap (exit 3)."""
-    from lhorch.orchestrator.budget.caps import check_plan
-
     check_plan(plan, pipeline.budget, spent, {n: s.budget_usd for n, s in pipeline.stages.items() if s.budget_usd})
 
 
 def execute(store: Store, pipeline: Pipeline, file: Path, *, resume: str | None = None, fresh: bool = False,
             policy: str | None = None, keep_ray: bool = False, only_if_changed: bool = False, trigger: str = "manual",
             quiet: bool = False, reporter: Reporter | None = None) -> RunResult:
-    from lhorch.orchestrator.budget.caps import monthly_allows_cloud
-    from lhorch.orchestrator.budget.guard import BudgetGuard, month_spent
-    from lhorch.orchestrator.core.clock import SystemClock
-
     clock = SystemClock()
     spent = month_spent(store, pipeline, clock)
     # A pipeline whose month is spent runs what it can locally and launches no cloud work.
@@ -74,9 +69,9 @@ def execute(store: Store, pipeline: Pipeline, file: Path, *, resume: str | None 
     guard = BudgetGuard(store, pipeline, month_spent=spent, clock=clock,
                         on_alert=lambda used, cap: reporter.info(f"[yellow]budget: ${used:.2f} of ${cap:.2f} spent[/]"))
     try:
-        runner = Runner(store, pipeline, file, providers=providers, plan=plan, reporter=reporter, machine=profile.fingerprint,
-                        guard=guard,
-                        options=RunOptions(fresh=fresh, resume=resume, trigger=trigger, only_if_changed=only_if_changed))
+        options = RunOptions(fresh=fresh, resume=resume, trigger=trigger, only_if_changed=only_if_changed)
+        runner = Runner(store, pipeline, file, providers=providers, plan=plan, reporter=reporter,
+                        machine=profile.fingerprint, guard=guard, options=options)
         return runner.run()
     finally:
         reporter.close()

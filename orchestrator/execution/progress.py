@@ -9,16 +9,23 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Protocol
+from typing import Protocol, TextIO
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from lhorch.orchestrator.core.durations import format_duration
+from lhorch.orchestrator.core.status import StageStatus
 
-STYLE = {"succeeded": "green", "cached": "cyan", "failed": "red", "running": "yellow", "skipped": "dim",
-         "retrying": "magenta", "stopped": "red", "waiting": "dim", "starting": "yellow"}
+# Shown, never recorded: a stage between a failed attempt and its retry, and one whose cluster starts.
+RETRYING = "retrying"
+STARTING = "starting"
+STYLE = {StageStatus.SUCCEEDED: "green", StageStatus.CACHED: "cyan", StageStatus.FAILED: "red",
+         StageStatus.RUNNING: "yellow", StageStatus.SKIPPED: "dim", RETRYING: "magenta", StageStatus.STOPPED: "red",
+         StageStatus.WAITING: "dim", STARTING: "yellow"}
+# A stage in one of these has a clock running in the live table.
+_TIMED = (StageStatus.RUNNING, STARTING, RETRYING)
 
 
 class Reporter(Protocol):
@@ -36,7 +43,7 @@ class QuietReporter:
 
 
 class PlainReporter:
-    def __init__(self, stream=None):
+    def __init__(self, stream: TextIO | None = None):
         self.console = Console(file=stream or sys.stderr, highlight=False, soft_wrap=True)
         self._lock = threading.Lock()
 
@@ -58,9 +65,9 @@ class PlainReporter:
 class LiveReporter(PlainReporter):
     """Plain log lines scroll above a live table of the stages."""
 
-    def __init__(self, stages: list[str], stream=None):
+    def __init__(self, stages: list[str], stream: TextIO | None = None):
         super().__init__(stream)
-        self.rows = {s: ["waiting", "", None] for s in stages}
+        self.rows: dict[str, list] = {s: [StageStatus.WAITING, "", None] for s in stages}
         self.live = Live(self._table(), console=self.console, refresh_per_second=4, transient=False,
                          get_renderable=self._table)
         self.live.start()
@@ -73,23 +80,24 @@ class LiveReporter(PlainReporter):
         table.add_column("")
         now = time.monotonic()
         for name, (status, detail, started) in self.rows.items():
-            elapsed = format_duration(now - started) if started and status in ("running", "starting", "retrying") else ""
+            elapsed = format_duration(now - started) if started and status in _TIMED else ""
             table.add_row(name, f"[{STYLE.get(status, '')}]{status}[/]", elapsed, detail)
         return table
 
     def stage(self, stage: str, status: str, detail: str = "") -> None:
-        row = self.rows.setdefault(stage, ["waiting", "", None])
-        if status in ("running", "starting") and row[0] not in ("running", "starting"):
+        row = self.rows.setdefault(stage, [StageStatus.WAITING, "", None])
+        if status in (StageStatus.RUNNING, STARTING) and row[0] not in (StageStatus.RUNNING, STARTING):
             row[2] = time.monotonic()
         row[0], row[1] = status, detail
-        if status in ("failed", "stopped"):
+        if status in (StageStatus.FAILED, StageStatus.STOPPED):
             super().stage(stage, status, detail)
 
     def close(self) -> None:
         self.live.stop()
 
 
-def make_reporter(stages: list[str], *, quiet: bool = False, live: bool | None = None, stream=None) -> Reporter:
+def make_reporter(stages: list[str], *, quiet: bool = False, live: bool | None = None,
+                  stream: TextIO | None = None) -> Reporter:
     if quiet:
         return QuietReporter()
     stream = stream or sys.stderr

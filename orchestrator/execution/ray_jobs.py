@@ -8,25 +8,27 @@ resumable. The token travels only in the Authorization header and never in a mes
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
-from lhorch.orchestrator.core.errors import ClusterUnreachable
+import requests
+
 from lhorch.orchestrator.core.cluster import Cluster
+from lhorch.orchestrator.core.errors import ClusterUnreachable
+from lhorch.orchestrator.core.status import JobStatus
 
 T = TypeVar("T")
 
-TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
-
-@dataclass
+@dataclass(frozen=True)
 class JobState:
-    status: str  # PENDING | RUNNING | SUCCEEDED | FAILED | STOPPED
+    status: JobStatus
     message: str = ""
 
     @property
     def terminal(self) -> bool:
-        return self.status in TERMINAL
+        return self.status.terminal
 
 
 class RayJobs:
@@ -40,6 +42,7 @@ class RayJobs:
 
     def _connect(self) -> Any:
         if self._client is None:
+            # Deferred: importing Ray takes seconds, and a fully cached run never connects.
             from ray.job_submission import JobSubmissionClient
 
             self._client = self._retry("connect", lambda: JobSubmissionClient(
@@ -54,10 +57,12 @@ class RayJobs:
             except Exception as exc:  # connection errors surface as several types across Ray versions
                 if not _is_connection_error(exc) or attempt == self.retries:
                     if _is_connection_error(exc):
+                        where = _safe_address(self.cluster.address)
                         raise ClusterUnreachable(
-                            f"cluster {self.cluster.name} ({_safe_address(self.cluster.address)}) is unreachable: {what} failed "
+                            f"cluster {self.cluster.name} ({where}) is unreachable: {what} failed "
                             f"after {self.retries + 1} tries",
-                            hint="Check the cluster is up (`lhorch clusters`); resume with `lhorch run --resume RUN_ID`.",
+                            hint="Check the cluster is up (`lhorch clusters`); "
+                                 "resume with `lhorch run --resume RUN_ID`.",
                         ) from None
                     raise
                 self._sleep(delay)
@@ -91,8 +96,7 @@ class RayJobs:
     def state(self, job_id: str) -> JobState:
         client = self._connect()
         info = self._retry("status", lambda: client.get_job_info(job_id))
-        status = getattr(info.status, "value", str(info.status))
-        return JobState(status=str(status), message=info.message or "")
+        return JobState(status=JobStatus.parse(info.status), message=info.message or "")
 
     def logs(self, job_id: str) -> str:
         client = self._connect()
@@ -107,9 +111,8 @@ class RayJobs:
 
 
 def _is_connection_error(exc: Exception) -> bool:
-    import requests
-
-    if isinstance(exc, (ConnectionError, TimeoutError, requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+    if isinstance(exc, (ConnectionError, TimeoutError,
+                        requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
         return True
     text = str(exc)
     return "Failed to connect to Ray" in text or "Connection refused" in text or "Max retries exceeded" in text

@@ -1,12 +1,16 @@
-"""The entrypoint every stage runs under, on whatever cluster it was placed: ``python -m lhorch.orchestrator.execution.stage_wrapper``.
+"""The entrypoint every stage runs under, on whatever cluster it was placed:
+``python -m lhorch.orchestrator.execution.stage_wrapper``.
 
-It reads what to run from ``LHORCH_EXEC`` (JSON), and:
+It reads what to run from ``LHORCH_EXEC`` (a StageMessage, lhorch.orchestrator.core.stage_message), and:
 - on a remote cluster, fetches the inputs from the artifact store into scratch space first and sends
   the outputs back afterwards, so the job itself only ever sees local paths (jobs/context.py);
 - runs the stage's command (``run:``) or built-in job (``uses:``) as a child in the same process
   group, so that stopping the Ray job stops the stage;
 - enforces the stage's timeout on the node itself, so it holds even when lhorch is gone;
 - writes ``.lhorch-usage.json`` (wall time, peak RSS) next to the outputs for the profiler's history.
+
+It runs on bare cloud nodes too, so it imports only the light parts of lhorch: core models and the
+artifact transfer.
 """
 
 from __future__ import annotations
@@ -22,76 +26,68 @@ import tempfile
 import time
 from pathlib import Path
 
-EXIT_TIMEOUT = 124
-USAGE_FILE = ".lhorch-usage.json"
+from lhorch.orchestrator.core.stage_message import ENV_VAR, EXIT_TIMEOUT, USAGE_FILE, RemoteArtifacts, StageMessage
+from lhorch.providers.transfer import store_for_uri
 
 
-def _fetch_inputs(spec: dict, scratch: Path) -> dict[str, str]:
-    from lhorch.providers.transfer import store_for_uri
-
+def _fetch_inputs(remote: RemoteArtifacts, scratch: Path) -> dict[str, str]:
     local: dict[str, str] = {}
-    for name, uri in spec["remote"]["inputs"].items():
+    for name, uri in remote.inputs.items():
         dest = scratch / "inputs" / name.replace("/", "_")
         store_for_uri(uri).get(uri, dest)
         local[name] = str(dest)
     return local
 
 
-def _fetch_checkpoints(spec: dict, out_dir: Path) -> None:
+def _fetch_checkpoints(remote: RemoteArtifacts, out_dir: Path) -> None:
     """A retried remote stage continues from the step checkpoints its failed attempt sent back."""
-    from lhorch.providers.transfer import store_for_uri
-
-    uri = spec["remote"]["output_uri"] + "checkpoints/"
+    uri = remote.output_uri + "checkpoints/"
     try:
         store_for_uri(uri).get(uri, out_dir / "checkpoints")
     except Exception as exc:  # no earlier attempt, or nothing to resume from: start fresh
         print(f"[lhorch] no checkpoints to resume from ({type(exc).__name__})", flush=True)
 
 
-def _send_outputs(spec: dict, out_dir: Path) -> None:
-    from lhorch.providers.transfer import store_for_uri
-
-    uri = spec["remote"]["output_uri"]
-    store_for_uri(uri).put(out_dir, uri)
+def _send_outputs(remote: RemoteArtifacts, out_dir: Path) -> None:
+    store_for_uri(remote.output_uri).put(out_dir, remote.output_uri)
 
 
 def main() -> int:
-    spec = json.loads(os.environ["LHORCH_EXEC"])
+    message = StageMessage.model_validate_json(os.environ[ENV_VAR])
     env = dict(os.environ)
     scratch: Path | None = None
-    if spec.get("remote"):
+    if message.remote is not None:
         scratch = Path(tempfile.mkdtemp(prefix="lhorch-stage-"))
-        inputs = _fetch_inputs(spec, scratch)
+        inputs = _fetch_inputs(message.remote, scratch)
         out_dir = scratch / "outputs"
         env["LHORCH_INPUTS"] = json.dumps(inputs)
         for name, path in inputs.items():
             env["LHORCH_INPUT_" + name.upper().replace("-", "_").replace(".", "_")] = path
         env["LHORCH_OUTPUT_DIR"] = str(out_dir)
-        _fetch_checkpoints(spec, out_dir)
+        _fetch_checkpoints(message.remote, out_dir)
     else:
         out_dir = Path(env["LHORCH_OUTPUT_DIR"])
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    if spec["kind"] == "uses":
-        argv = [sys.executable, "-m", spec["module"]]
-        shell = False
+    argv: list[str] | str
+    if message.kind == "uses":
+        argv, shell = [sys.executable, "-m", str(message.module)], False
     else:
-        argv = spec["command"]
-        shell = True
-    cwd = spec.get("cwd")
+        argv, shell = str(message.command), True
+    cwd = message.cwd
     if cwd and not Path(cwd).is_dir():
         cwd = None
     started = time.monotonic()
     print(f"[lhorch] stage {env.get('LHORCH_STAGE')} starting on {os.uname().nodename}", flush=True)
     child = subprocess.Popen(argv, shell=shell, env=env, cwd=cwd, executable="/bin/bash" if shell else None)
 
-    def _forward(signum, frame):  # noqa: ARG001
+    def _forward(signum: int, frame: object) -> None:  # noqa: ARG001
         if child.poll() is None:
             child.send_signal(signum)
 
     signal.signal(signal.SIGTERM, _forward)
     signal.signal(signal.SIGINT, _forward)
-    timeout = spec.get("timeout")
+    timeout = message.timeout
     try:
         code = child.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -109,10 +105,10 @@ def main() -> int:
     rss_mb = maxrss / (1024 * 1024) if sys.platform == "darwin" else maxrss / 1024
     usage = {"wall_seconds": wall, "peak_rss_mb": rss_mb, "exit_code": code, "host": os.uname().nodename}
     (out_dir / USAGE_FILE).write_text(json.dumps(usage))
-    if spec.get("remote"):
+    if message.remote is not None:
         # Sent back after a failure too: the usage record, logs a job wrote, and its checkpoints.
         try:
-            _send_outputs(spec, out_dir)
+            _send_outputs(message.remote, out_dir)
         except Exception:
             if code == 0:
                 raise

@@ -23,10 +23,10 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 import psutil
 
@@ -126,15 +126,15 @@ def _accelerator_possible() -> bool:
     `lhorch run` would pay for nothing on a machine with no GPU driver at all."""
     if sys.platform == "darwin":
         return True  # Apple MPS
-    return any(Path(p).exists() for p in ("/proc/driver/nvidia", "/dev/nvidia0", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")) \
-        or shutil.which("nvidia-smi") is not None
+    devices = ("/proc/driver/nvidia", "/dev/nvidia0", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
+    return any(Path(p).exists() for p in devices) or shutil.which("nvidia-smi") is not None
 
 
 def _torch():
     if not _accelerator_possible():
         return None
     try:
-        import torch
+        import torch  # deferred: ~1.5 s to import, and only a machine with a GPU driver needs it
     except ImportError:  # lhorch depends on torch, but the profiler must still describe the machine
         return None
     return torch
@@ -176,7 +176,7 @@ def _torch_gpus(torch) -> list[GpuInfo]:
 
 def _nvml_driver_version() -> str | None:
     try:
-        import pynvml
+        import pynvml  # optional (not a dependency of lhorch): present where NVIDIA's bindings are
     except ImportError:
         return None
     try:
@@ -193,7 +193,7 @@ def _nvml_driver_version() -> str | None:
 def _nvml_gpus() -> list[GpuInfo] | None:
     """GPUs through NVML; None when pynvml is not installed or the driver is not there."""
     try:
-        import pynvml
+        import pynvml  # optional (not a dependency of lhorch): present where NVIDIA's bindings are
     except ImportError:
         return None
     try:

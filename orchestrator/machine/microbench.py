@@ -30,9 +30,11 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from lhorch.orchestrator.core.profile import GpuInfo, Measurement
 
@@ -127,7 +129,7 @@ def matmul_gflops(device: str = "cpu", precision: str = "fp32", *, n: int = 1024
                   max_iters: int = 500, warmup: int = 1) -> Measurement:
     """Sustained GFLOP/s of an n×n matmul on ``device`` ("cpu", "cuda:0", "mps") in ``precision``
     (fp32, tf32, bf16, fp16)."""
-    import torch
+    import torch  # deferred: ~1.5 s to import, paid only when something is measured
 
     dtype = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     sync = _sync_for(torch, device)
@@ -159,7 +161,7 @@ def precisions(gpu: GpuInfo | None) -> list[str]:
         return []
     if gpu.backend == "mps":
         return ["fp16", "bf16"]
-    import torch
+    import torch  # deferred: ~1.5 s to import, paid only when something is measured
 
     extra = []
     cc = float(gpu.compute_capability or 0)
@@ -176,7 +178,7 @@ def copy_bandwidth(device: str = "cpu", *, mib: int = 64, seconds: float = 0.4, 
                    warmup: int = 1, source: str | None = None) -> Measurement:
     """GB/s of ``dst.copy_(src)`` with ``mib`` MiB tensors; ``source`` another device for transfers
     (e.g. source="cpu", device="cuda:0" is pinned host-to-device, counted once: bytes moved)."""
-    import torch
+    import torch  # deferred: ~1.5 s to import, paid only when something is measured
 
     numel = mib * MiB // 4
     src_device = source or device
@@ -294,7 +296,7 @@ def try_upload_bandwidth(uploader: Uploader, *, mb: int) -> tuple[Measurement | 
 def _release_device_memory(gpu: GpuInfo) -> None:
     """Give the benchmark tensors back to the driver: the caching allocator would otherwise keep
     them reserved in this (planner) process while stages need the GPU."""
-    import torch
+    import torch  # deferred: ~1.5 s to import, paid only when something is measured
 
     if gpu.backend == "mps":
         torch.mps.empty_cache()
@@ -310,12 +312,12 @@ def measure_all(gpus: list[GpuInfo] | tuple[GpuInfo, ...], *, disk_dir: Path, se
     s = settings
     figures: dict[str, Measurement] = {}
     notes: list[str] = []
-    loop = dict(seconds=s.matmul_seconds, max_iters=s.matmul_max_iters, warmup=s.warmup)
+    matmul = partial(matmul_gflops, seconds=s.matmul_seconds, max_iters=s.matmul_max_iters, warmup=s.warmup)
 
-    fp32 = figures["matmul_cpu_fp32"] = matmul_gflops("cpu", "fp32", n=s.matmul_n_cpu, **loop)
+    fp32 = figures["matmul_cpu_fp32"] = matmul("cpu", "fp32", n=s.matmul_n_cpu)
     probe = matmul_gflops("cpu", "bf16", n=s.probe_n, seconds=s.probe_seconds, max_iters=s.matmul_max_iters)
     if probe.value >= CPU_BF16_MIN_RATIO * fp32.value:
-        figures["matmul_cpu_bf16"] = matmul_gflops("cpu", "bf16", n=s.matmul_n_cpu, **loop)
+        figures["matmul_cpu_bf16"] = matmul("cpu", "bf16", n=s.matmul_n_cpu)
     else:
         notes.append(f"cpu bf16 matmul left out: {probe.value:g} GFLOP/s on a {s.probe_n}^2 probe is below "
                      f"{CPU_BF16_MIN_RATIO:g}x fp32 ({fp32.value:g}); use fp32 on this CPU")
@@ -330,13 +332,14 @@ def measure_all(gpus: list[GpuInfo] | tuple[GpuInfo, ...], *, disk_dir: Path, se
         device = _torch_device(gpu)
         for precision in ["fp32", *precisions(gpu)]:
             try:
-                figures[f"matmul_{key}_{precision}"] = matmul_gflops(device, precision, n=s.matmul_n_gpu, **loop)
+                figures[f"matmul_{key}_{precision}"] = matmul(device, precision, n=s.matmul_n_gpu)
             except (RuntimeError, TypeError) as exc:  # e.g. bf16 on an MPS without macOS 14
                 notes.append(f"{key} {precision} matmul not measured: {str(exc).splitlines()[0][:120]}")
-        copy = dict(mib=s.copy_mib * 4, seconds=s.copy_seconds, max_iters=s.copy_max_iters, warmup=s.warmup)
-        figures[f"mem_bandwidth_{key}"] = copy_bandwidth(device, **copy)
+        copy = partial(copy_bandwidth, mib=s.copy_mib * 4, seconds=s.copy_seconds, max_iters=s.copy_max_iters,
+                       warmup=s.warmup)
+        figures[f"mem_bandwidth_{key}"] = copy(device)
         if gpu.backend != "mps":  # unified memory: there is no host-to-device link to measure
-            figures[f"h2d_{key}"] = copy_bandwidth(device, source="cpu", **copy)
+            figures[f"h2d_{key}"] = copy(device, source="cpu")
         _release_device_memory(gpu)
 
     figures["disk_write"], figures["disk_read"] = disk_throughput(disk_dir, mib=s.disk_mib, seconds=s.disk_seconds)

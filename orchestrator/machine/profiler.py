@@ -21,17 +21,26 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Callable, Mapping, Protocol
+from typing import Protocol
 
 from pydantic import ValidationError
 
-from lhorch.orchestrator.machine.microbench import QUICK, THOROUGH, BenchSettings, Uploader, measure_all, try_upload_bandwidth
 from lhorch.orchestrator.core.errors import UsageError
-from lhorch.orchestrator.machine.inventory import Inventory, current_load, fingerprint, take_inventory
 from lhorch.orchestrator.core.profile import GpuInfo, Measurement, Profile
-from lhorch.orchestrator.state.store import Store, iso, parse_iso, utcnow
+from lhorch.orchestrator.machine.inventory import Inventory, current_load, fingerprint, take_inventory
+from lhorch.orchestrator.machine.microbench import (
+    QUICK,
+    THOROUGH,
+    BenchSettings,
+    Uploader,
+    measure_all,
+    try_upload_bandwidth,
+)
+from lhorch.orchestrator.state import profiles
+from lhorch.orchestrator.state.store import Store, utcnow
 
 PROFILE_ENV = "LHORCH_PROFILE"
 DEFAULT_TTL = timedelta(days=7)
@@ -159,27 +168,17 @@ def _still_valid(cached: Profile, inv: Inventory, *, now: datetime, ttl: timedel
 
 
 def _read_cache(store: Store, fp: str) -> Profile | None:
-    rows = store.query("SELECT profile_json FROM profile_cache WHERE fingerprint=?", (fp,))
-    if not rows:
-        return None
-    try:
-        return Profile.model_validate_json(rows[0]["profile_json"])
-    except ValidationError:
-        return None  # written by an older/newer lhorch with another layout: measure again
+    return profiles.get(store, fp)
 
 
 def _write_cache(store: Store, profile: Profile, *, inventory_notes: tuple[str, ...]) -> None:
     # Inventory notes are live facts; only the measurement notes belong with the cached figures.
-    stored = profile.model_copy(update={"notes": [n for n in profile.notes if n not in inventory_notes]})
-    with store.tx() as c:
-        c.execute("INSERT OR REPLACE INTO profile_cache(fingerprint, measured_at, profile_json) VALUES (?,?,?)",
-                  (profile.fingerprint, iso(profile.measured_at), stored.model_dump_json()))
+    profiles.put(store, profile.model_copy(update={"notes": [n for n in profile.notes if n not in inventory_notes]}))
 
 
 def cached_profiles(store: Store) -> list[tuple[str, datetime | None]]:
     """(fingerprint, measured_at) of every cached measurement, newest first."""
-    rows = store.query("SELECT fingerprint, measured_at FROM profile_cache ORDER BY measured_at DESC")
-    return [(r["fingerprint"], parse_iso(r["measured_at"])) for r in rows]
+    return profiles.cached(store)
 
 
 __all__ = ["DEFAULT_TTL", "PROFILE_ENV", "Measure", "cached_profiles", "dump_profile_json", "get_profile",

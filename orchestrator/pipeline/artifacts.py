@@ -12,8 +12,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from lhorch.orchestrator.core.spec import Pipeline, Stage
+from lhorch.jobs.index import find_job
 from lhorch.orchestrator.core.graph import ancestors
+from lhorch.orchestrator.core.spec import Pipeline, Stage
 
 CHUNK = 1 << 20
 
@@ -48,8 +49,6 @@ def output_dir(run_dir: Path, stage: str) -> Path:
 def declared_outputs(stage: Stage) -> list[str]:
     names = list(stage.outputs)
     if stage.uses:
-        from lhorch.jobs.index import find_job
-
         job = find_job(stage.uses)
         if job is not None:
             names = list(job.outputs) + [n for n in names if n not in job.outputs]
@@ -105,7 +104,8 @@ def cache_key(pipeline: Pipeline, name: str, input_hashes: dict[str, str]) -> st
     """What decides whether a finished stage can be reused: its spec, the pipeline env, its inputs."""
     stage = pipeline.stages[name]
     payload = {
-        "stage": stage.model_dump(mode="json", by_alias=True, exclude={"retries", "timeout", "placement", "hints", "budget_usd"}),
+        "stage": stage.model_dump(mode="json", by_alias=True,
+                                  exclude={"retries", "timeout", "placement", "hints", "budget_usd"}),
         "env": pipeline.env,
         "inputs": dict(sorted(input_hashes.items())),
     }

@@ -8,15 +8,18 @@ run after pydantic, with the same line map.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from lhorch.jobs.index import find_job, job_names  # parameter models only: no torch (see jobs/index.py)
 from lhorch.orchestrator.core.errors import SpecError
-from lhorch.orchestrator.core.spec import Pipeline
-from lhorch.orchestrator.core.graph import find_cycle
+from lhorch.orchestrator.core.graph import ancestors, find_cycle
+from lhorch.orchestrator.core.spec import Pipeline, Stage
 
 Loc = tuple[Any, ...]
 
@@ -105,7 +108,8 @@ def parse_pipeline(text: str, file: str = "<pipeline>", base_dir: Path | None = 
     if node is None:
         raise SpecError("the file is empty", file=file, hint="A pipeline needs at least `name` and `stages`.")
     if not isinstance(node, yaml.MappingNode):
-        raise SpecError("the top level must be a mapping with `name` and `stages`", file=file, line=node.start_mark.line + 1)
+        raise SpecError("the top level must be a mapping with `name` and `stages`", file=file,
+                        line=node.start_mark.line + 1)
     lines = _LineMap()
     _walk(node, (), lines, file)
     data = yaml.safe_load(text)
@@ -150,38 +154,33 @@ def _check_graph(pipeline: Pipeline, lines: _LineMap, file: str) -> None:
 
 
 def _check_inputs(pipeline: Pipeline, lines: _LineMap, file: str, base_dir: Path | None) -> None:
-    from lhorch.orchestrator.core.graph import ancestors
-
     for name, stage in pipeline.stages.items():
         upstream = ancestors(pipeline.stages, name)
         for key, ref in stage.inputs.items():
             loc = ("stages", name, "inputs", key)
-            where = dict(file=file, line=lines.line(loc), field=_dotted(loc))
+            error = partial(SpecError, file=file, line=lines.line(loc), field=_dotted(loc))
             producer, _, output = ref.partition(".")
             if producer in pipeline.stages and output:
                 if producer not in upstream:
-                    raise SpecError(f"refers to stage {producer!r}, which this stage does not need", **where,
-                                    hint=f"Add {producer!r} to `needs` (directly or through another stage).")
+                    raise error(f"refers to stage {producer!r}, which this stage does not need",
+                                hint=f"Add {producer!r} to `needs` (directly or through another stage).")
                 declared = _declared_outputs(pipeline.stages[producer])
                 if declared is not None and output not in declared:
-                    raise SpecError(f"stage {producer!r} has no output {output!r}", **where,
-                                    hint=f"Its outputs: {', '.join(declared) or 'none declared'}.")
-            elif base_dir is not None and not (base_dir / ref).expanduser().exists() and not Path(ref).expanduser().is_absolute():
-                raise SpecError(f"{ref!r} is neither `stage.output` nor an existing path", **where)
+                    raise error(f"stage {producer!r} has no output {output!r}",
+                                hint=f"Its outputs: {', '.join(declared) or 'none declared'}.")
+            elif (base_dir is not None and not (base_dir / ref).expanduser().exists()
+                  and not Path(ref).expanduser().is_absolute()):
+                raise error(f"{ref!r} is neither `stage.output` nor an existing path")
 
 
-def _declared_outputs(stage: Any) -> list[str] | None:
+def _declared_outputs(stage: Stage) -> list[str] | None:
     if stage.uses:
-        from lhorch.jobs.index import find_job
-
         job = find_job(stage.uses)
         return None if job is None else list(job.outputs) + list(stage.outputs)
     return list(stage.outputs)
 
 
 def _check_jobs(pipeline: Pipeline, lines: _LineMap, file: str) -> None:
-    from lhorch.jobs.index import find_job, job_names
-
     for name, stage in pipeline.stages.items():
         if not stage.uses:
             continue

@@ -21,12 +21,12 @@ hour x run hours x (half a checkpoint interval + a replacement node's start-up))
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence, Union
 
+from lhorch.orchestrator.core.plan import Offer
 from lhorch.orchestrator.core.profile import Profile
 from lhorch.orchestrator.core.spec import Stage
-from lhorch.orchestrator.core.plan import Offer
 
 DEFAULT_LOCAL_SECONDS = 60.0  # a stage with no hint and no history: a small constant
 UTILISATION = 0.4  # share of sustained matmul throughput real training code reaches
@@ -51,7 +51,7 @@ GPU_REFERENCE_GFLOPS: dict[str, float] = {
 # Machine names: "local" for this machine, otherwise an instance type such as "g5.xlarge".
 ObservationMap = Mapping[str, Mapping[str, Sequence[float]]]
 ObservationFn = Callable[[str], Mapping[str, Sequence[float]]]
-Observations = Union[ObservationMap, ObservationFn, None]
+Observations = ObservationMap | ObservationFn | None
 
 
 def _norm(name: str) -> str:
@@ -82,7 +82,10 @@ def local_offer(profile: Profile, electricity_usd_per_hour: float = 0.0) -> Offe
         gpu_memory = 0.75 * profile.ram_total_gb  # unified memory; macOS caps GPU use near this
     measured_gpu = [m.value for k, m in profile.measured.items()
                     if k.startswith(("matmul_cuda", "matmul_mps", "matmul_rocm", "matmul_gpu"))]
-    gpu_gflops = max(measured_gpu) if measured_gpu else (gpu_reference_gflops(gpu_model) or DEFAULT_GPU_GFLOPS if gpu_count else None)
+    if measured_gpu:
+        gpu_gflops: float | None = max(measured_gpu)
+    else:
+        gpu_gflops = (gpu_reference_gflops(gpu_model) or DEFAULT_GPU_GFLOPS) if gpu_count else None
     upload = profile.measured.get("upload")
     download = profile.measured.get("download")
     up = upload.value if upload else DEFAULT_UPLOAD_MBPS
@@ -199,7 +202,8 @@ class Estimator:
         if work is None and h.samples and h.epochs:
             work, basis = h.samples * h.epochs * GFLOP_PER_SAMPLE / UTILISATION, "hint samples x epochs"
         if work is None:
-            thr = self.throughput(stage, self._local) or (DEFAULT_GPU_GFLOPS if stage.resources.gpus else DEFAULT_CPU_GFLOPS)
+            default = DEFAULT_GPU_GFLOPS if stage.resources.gpus else DEFAULT_CPU_GFLOPS
+            thr = self.throughput(stage, self._local) or default
             work, basis = DEFAULT_LOCAL_SECONDS * thr, "default (no hints)"
         if exact and not basis.startswith("history"):
             basis = "history"

@@ -7,31 +7,34 @@ Pure apart from reading the bundled AWS catalogue file; the CLI gathers the prof
 from __future__ import annotations
 
 import statistics
-from typing import Iterable
+from collections.abc import Iterable
 
 from lhorch.orchestrator.core.errors import BudgetError, InfeasibleError
-from lhorch.orchestrator.planning.estimator import DEFAULT_GPU_GFLOPS, Estimator, Observations, local_offer
+from lhorch.orchestrator.core.plan import Offer, Plan
 from lhorch.orchestrator.core.profile import Profile
 from lhorch.orchestrator.core.spec import Pipeline
-from lhorch.policies.base import Policy
-from lhorch.orchestrator.core.plan import Offer, Plan
+from lhorch.orchestrator.planning.estimator import DEFAULT_GPU_GFLOPS, Estimator, Observations, local_offer
+from lhorch.orchestrator.state.history import observed
+from lhorch.orchestrator.state.store import Store
+from lhorch.policies import Policy, get_policy
+from lhorch.providers.aws.catalogue import catalogue_offers  # the bundled price list: no boto3
+
 
 # An existing Ray cluster (cloud.provider: ray) is already paid for and its shape is not known
 # before connecting: plan it as one large node at no marginal cost that needs no start-up.
-RAY_CLUSTER_OFFER = dict(provider="ray", instance_type="ray-cluster", market="fixed", vcpus=64, memory_gb=256,
-                         gpus=8, gpu_memory_gb=24, gflops_fp32=3200, gpu_gflops=DEFAULT_GPU_GFLOPS,
-                         price_per_hour=0.0, startup_seconds=0.0, price_source="fixed")
+def ray_cluster_offer() -> Offer:
+    return Offer(provider="ray", instance_type="ray-cluster", market="fixed", vcpus=64, memory_gb=256,
+                 gpus=8, gpu_memory_gb=24, gflops_fp32=3200, gpu_gflops=DEFAULT_GPU_GFLOPS,
+                 price_per_hour=0.0, startup_seconds=0.0, price_source="fixed")
 
 
 def cloud_offers(pipeline: Pipeline) -> list[Offer]:
     """The cloud offers a pipeline's ``cloud`` section allows (no local node)."""
     cloud = pipeline.cloud
     if cloud.provider == "aws":
-        from lhorch.providers.aws.catalogue import catalogue_offers  # the catalogue needs no boto3
-
         return catalogue_offers(region=cloud.region, spot=cloud.spot, only=cloud.instance_types or None)
     if cloud.provider == "ray":
-        return [Offer(**RAY_CLUSTER_OFFER)]  # type: ignore[arg-type]
+        return [ray_cluster_offer()]
     return []
 
 
@@ -60,8 +63,6 @@ def make_plan(pipeline: Pipeline, profile: Profile, offers: list[Offer] | None =
     or a Policy; default ``pipeline.policy.name``. Returns the Plan even when infeasible; see
     :func:`require_feasible`.
     """
-    from lhorch.policies.builtin import get_policy
-
     usable = _usable(pipeline, default_offers(pipeline, profile) if offers is None else offers, profile)
     chosen = get_policy(policy or pipeline.policy.name) if policy is None or isinstance(policy, str) else policy
     estimator = Estimator(profile, usable, observations, observed_output_gb or {})
@@ -77,13 +78,13 @@ def require_feasible(plan: Plan) -> Plan:
         raise BudgetError(message, hint="Raise budget.max_usd, allow spot (cloud.spot: true), or pin stages to local.")
     if plan.problem_kind == "deadline":
         raise InfeasibleError(message, hint="Relax `deadline`, raise budget.max_usd, or allow more instance types.")
-    raise InfeasibleError(message, hint="Lower the stage's `resources`, or configure a cloud (cloud.provider: aws) with a type that fits.")
+    raise InfeasibleError(message, hint="Lower the stage's `resources`, or configure a cloud "
+                                        "(cloud.provider: aws) with a type that fits.")
 
 
-def history_observations(store, pipeline: Pipeline, profile: Profile) -> tuple[dict[str, dict[str, list[float]]], dict[str, float]]:
+def history_observations(store: Store, pipeline: Pipeline,
+                         profile: Profile) -> tuple[dict[str, dict[str, list[float]]], dict[str, float]]:
     """Recorded seconds per stage and machine ("local" for this machine), and median output sizes."""
-    from lhorch.orchestrator.state.history import observed
-
     seconds: dict[str, dict[str, list[float]]] = {}
     output_gb: dict[str, float] = {}
     for name in pipeline.stages:

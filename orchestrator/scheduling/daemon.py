@@ -31,26 +31,35 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO, Callable, Protocol
+from typing import IO, Protocol
 
 import psutil
 
-from lhorch.orchestrator.scheduling import schedules as sch
 from lhorch.orchestrator.core.clock import Clock, SystemClock
 from lhorch.orchestrator.core.errors import EXIT_INVALID, LhorchError
-from lhorch.orchestrator.scheduling.notify import Notice, send, should_notify
+from lhorch.orchestrator.core.spec import Notify, Pipeline, Promotion
+from lhorch.orchestrator.core.status import FireStatus, RunStatus
+from lhorch.orchestrator.pipeline.loader import load_pipeline
+from lhorch.orchestrator.scheduling import schedules as sch
+from lhorch.orchestrator.scheduling.cron import fires_between
 from lhorch.orchestrator.scheduling.model_registry import Registry, RegistryError
-from lhorch.orchestrator.core.spec import Notify, Pipeline
+from lhorch.orchestrator.scheduling.notify import Notice, send, should_notify
+from lhorch.orchestrator.state import schedules as fires
 from lhorch.orchestrator.state.store import Store, iso, parse_iso
 
 log = logging.getLogger("lhorch.scheduler")
 
-EXIT_STATUS = {0: "succeeded", 1: "failed", 2: "invalid", 3: "budget_exceeded", 4: "infeasible",
-               5: "cloud_error", 130: "interrupted"}
+# What the exit code of `lhorch run` means when it printed no `--json` line (docs/cli exit codes).
+EXIT_STATUS = {0: FireStatus.SUCCEEDED, 1: FireStatus.FAILED, 2: FireStatus.INVALID, 3: FireStatus.BUDGET_EXCEEDED,
+               4: FireStatus.INFEASIBLE, 5: FireStatus.CLOUD_ERROR, 130: FireStatus.INTERRUPTED}
 DEFAULT_RUN_CMD = [sys.executable, "-c", "from lhorch.orchestrator.cli import main; main()", "run"]
+
+
+_UNFINISHED = frozenset({RunStatus.PENDING, RunStatus.RUNNING})
 
 
 class SchedulerLocked(LhorchError):
@@ -71,7 +80,7 @@ class LaunchRequest:
 @dataclass(frozen=True)
 class RunResult:
     exit_code: int
-    status: str  # the runner's status (succeeded, failed, skipped, ...) or one derived from the exit code
+    status: FireStatus  # the runner's status (succeeded, failed, skipped, ...) or one derived from the exit code
     run_id: str | None = None
     error: str | None = None
 
@@ -131,14 +140,15 @@ class SubprocessLauncher:
 
 def parse_result(code: int, stdout: str, stderr: str = "") -> RunResult:
     """The runner's `--json` last line when there is one, else what the exit code means."""
-    status = EXIT_STATUS.get(code, "failed")
+    status = EXIT_STATUS.get(code, FireStatus.FAILED)
     lines = [ln for ln in stdout.splitlines() if ln.strip()]
     try:
         data = json.loads(lines[-1]) if lines else None
     except ValueError:
         data = None
     if isinstance(data, dict):
-        return RunResult(code, str(data.get("status") or status), data.get("run_id"), data.get("error") or data.get("message") or None)
+        reported = FireStatus.parse(data["status"]) if data.get("status") else status
+        return RunResult(code, reported, data.get("run_id"), data.get("error") or data.get("message") or None)
     tail = [ln for ln in stderr.splitlines() if ln.strip()][-1:]
     return RunResult(code, status, None, tail[0][:500] if tail and code != 0 else None)
 
@@ -218,7 +228,7 @@ class Scheduler:
         now = self.clock.now()
         wait = poll
         for s in sch.list_schedules(self.store):
-            nxt = s.next_fire(now) if not s.paused else None
+            nxt = sch.next_fire(s, now)
             if nxt is not None:
                 wait = min(wait, (nxt - now).total_seconds())
         return max(0.05, wait)
@@ -236,23 +246,23 @@ class Scheduler:
                 except Exception as exc:  # one broken schedule must not stop the others
                     log.exception("schedule %s: %s", s.name, exc)
 
-    def _check(self, s: sch.ScheduleRow) -> None:
+    def _check(self, s: sch.Schedule) -> None:
         now = self.clock.now()
         since = s.last_fire_at or s.created_at
         try:
-            due = sch.fires_between(s.cron, s.timezone, since, now)
+            due = fires_between(s.cron, s.timezone, since, now)
         except RuntimeError:  # a frequent schedule after a long sleep: look at the last hour only
-            due = sch.fires_between(s.cron, s.timezone, max(since, now - timedelta(hours=1)), now)
+            due = fires_between(s.cron, s.timezone, max(since, now - timedelta(hours=1)), now)
         if not due:
             return
-        sch.set_last_fire(self.store, s.name, due[-1])
+        fires.set_last_fire(self.store, s.name, due[-1])
         latest = due[-1]
         on_time = now - latest <= self.misfire_grace
         missed = due[:-1] if on_time else due
         if not on_time and s.catchup == "skip":
-            sch.add_schedule_run(self.store, s.name, latest, "missed",
-                                 f"{len(missed)} fire(s) missed while the scheduler was not running (catchup: skip)",
-                                 now, finished=True)
+            fires.add_schedule_run(self.store, s.name, latest, FireStatus.MISSED,
+                                   f"{len(missed)} fire(s) missed while the scheduler was not running"
+                                   " (catchup: skip)", now, finished=True)
             log.info("schedule %s: %d missed fire(s) skipped", s.name, len(missed))
             return
         detail = None
@@ -262,19 +272,20 @@ class Scheduler:
             detail = f"{len(missed)} earlier fire(s) missed"
         self._fire(s, latest, detail)
 
-    def _fire(self, s: sch.ScheduleRow, fire_at: datetime, detail: str | None) -> None:
+    def _fire(self, s: sch.Schedule, fire_at: datetime, detail: str | None) -> None:
         now = self.clock.now()
         busy = s.name in self.active or self._live_external_run(s.name)
         if not busy:
             self._launch(s, fire_at, detail, row_id=None)
             return
         if s.overlap == "queue" and s.name not in self.queued:
-            row = sch.add_schedule_run(self.store, s.name, fire_at, "queued", "waiting for the previous run to finish", now)
+            row = fires.add_schedule_run(self.store, s.name, fire_at, FireStatus.QUEUED,
+                                         "waiting for the previous run to finish", now)
             self.queued[s.name] = _Queued(row, fire_at)
             log.info("schedule %s: previous run still going, fire of %s queued", s.name, iso(fire_at))
             return
         why = "one run already queued" if s.overlap == "queue" else "previous run still going (overlap: skip)"
-        sch.add_schedule_run(self.store, s.name, fire_at, "skipped", why, now, finished=True)
+        fires.add_schedule_run(self.store, s.name, fire_at, FireStatus.SKIPPED, why, now, finished=True)
         log.info("schedule %s: fire of %s skipped: %s", s.name, iso(fire_at), why)
 
     def _start_queued(self) -> None:
@@ -285,28 +296,27 @@ class Scheduler:
             try:
                 s = sch.get_schedule(self.store, name)
             except LhorchError:
-                sch.update_schedule_run(self.store, q.row_id, status="skipped", detail="schedule removed",
-                                        finished_at=self.clock.now())
+                fires.update_schedule_run(self.store, q.row_id, status=FireStatus.SKIPPED, detail="schedule removed",
+                                          finished_at=self.clock.now())
                 continue
             self._launch(s, q.fire_at, "queued behind the previous run", row_id=q.row_id)
 
-    def _launch(self, s: sch.ScheduleRow, fire_at: datetime, detail: str | None, row_id: int | None) -> None:
+    def _launch(self, s: sch.Schedule, fire_at: datetime, detail: str | None, row_id: int | None) -> None:
         now = self.clock.now()
         if row_id is None:
-            row_id = sch.add_schedule_run(self.store, s.name, fire_at, "running", detail, now)
+            row_id = fires.add_schedule_run(self.store, s.name, fire_at, FireStatus.RUNNING, detail, now)
         else:
-            sch.update_schedule_run(self.store, row_id, status="running", detail=detail, started_at=now)
+            fires.update_schedule_run(self.store, row_id, status=FireStatus.RUNNING, detail=detail, started_at=now)
         pipeline: Pipeline | None = None
         try:
-            from lhorch.orchestrator.pipeline.loader import load_pipeline
-
-            pipeline = load_pipeline(s.pipeline_file)
+            pipeline = load_pipeline(Path(s.pipeline_file))
             schedule = pipeline.schedule
             # --fresh: each fire is a new run; without it `lhorch run` would resume a failed predecessor.
             args = ["--trigger", f"schedule:{s.name}", "--json", "--fresh"]
             if schedule is None or schedule.only_if_changed:
                 args.append("--only-if-changed")
-            env = {"LHORCH_HOME": str(self.store.home), "LHORCH_SCHEDULE": s.name, "LHORCH_FIRE_AT": iso(fire_at) or ""}
+            env = {"LHORCH_HOME": str(self.store.home), "LHORCH_SCHEDULE": s.name,
+                   "LHORCH_FIRE_AT": iso(fire_at) or ""}
             current = self.registry.current(pipeline.name)
             if current is not None:
                 env["LHORCH_PROMOTED_MODEL"] = current.path
@@ -314,10 +324,10 @@ class Scheduler:
                                                  self.store.home / "schedules" / s.name))
         except Exception as exc:
             message = exc.message if isinstance(exc, LhorchError) else f"{type(exc).__name__}: {exc}"
-            sch.update_schedule_run(self.store, row_id, status="failed", detail=f"could not start: {message}",
-                                    finished_at=self.clock.now())
+            fires.update_schedule_run(self.store, row_id, status=FireStatus.FAILED,
+                                      detail=f"could not start: {message}", finished_at=self.clock.now())
             log.error("schedule %s: could not start a run: %s", s.name, message)
-            self._notify(s.name, pipeline, "failed", f"could not start: {message}", None)
+            self._notify(s.name, pipeline, FireStatus.FAILED, f"could not start: {message}", None)
             return
         self.active[s.name] = _Active(s.name, row_id, fire_at, handle, pipeline, detail)
         log.info("schedule %s: started run for %s (pid %s)", s.name, iso(fire_at), handle.pid)
@@ -332,30 +342,33 @@ class Scheduler:
 
     def _finish(self, act: _Active, result: RunResult) -> None:
         status, detail = result.status, result.error
-        if result.status == "skipped":
+        promote = act.pipeline.schedule.promote if act.pipeline and act.pipeline.schedule else None
+        if result.status == FireStatus.SKIPPED:
             detail = "inputs unchanged since the last successful run"
-        elif act.stopped_by_us and result.status in ("interrupted", "failed"):
-            status, detail = "interrupted", "stopped by the scheduler's shutdown"
-        elif result.status == "succeeded" and act.pipeline and act.pipeline.schedule and act.pipeline.schedule.promote:
-            status, detail = self._gate(act.pipeline, result.run_id)
+        elif act.stopped_by_us and result.status in (FireStatus.INTERRUPTED, FireStatus.FAILED):
+            status, detail = FireStatus.INTERRUPTED, "stopped by the scheduler's shutdown"
+        elif result.status == FireStatus.SUCCEEDED and promote:
+            status, detail = self._gate(promote, result.run_id)
         detail = detail if detail is not None else act.detail
-        sch.update_schedule_run(self.store, act.row_id, status=status, run_id=result.run_id, detail=detail,
-                                finished_at=self.clock.now())
-        log.info("schedule %s: run %s %s%s", act.schedule, result.run_id or "-", status, f" ({detail})" if detail else "")
+        fires.update_schedule_run(self.store, act.row_id, status=status, run_id=result.run_id, detail=detail,
+                                  finished_at=self.clock.now())
+        log.info("schedule %s: run %s %s%s", act.schedule, result.run_id or "-", status,
+                 f" ({detail})" if detail else "")
         if not act.stopped_by_us:
             self._notify(act.schedule, act.pipeline, status, detail, result.run_id)
 
-    def _gate(self, pipeline: Pipeline, run_id: str | None) -> tuple[str, str]:
+    def _gate(self, rule: Promotion, run_id: str | None) -> tuple[FireStatus, str]:
         if not run_id:
-            return "not_promoted", "the run reported no run id"
+            return FireStatus.NOT_PROMOTED, "the run reported no run id"
         try:
-            decision = self.registry.register_run(run_id, pipeline.schedule.promote, now=self.clock.now())
+            decision = self.registry.register_run(run_id, rule, now=self.clock.now())
         except (RegistryError, LhorchError) as exc:
-            return "not_promoted", exc.message
-        verb = "promoted" if decision.promoted else "not_promoted"
-        return verb, f"v{decision.model.version}: {decision.reason}"
+            return FireStatus.NOT_PROMOTED, exc.message
+        verdict = FireStatus.PROMOTED if decision.promoted else FireStatus.NOT_PROMOTED
+        return verdict, f"v{decision.model.version}: {decision.reason}"
 
-    def _notify(self, schedule: str, pipeline: Pipeline | None, status: str, detail: str | None, run_id: str | None) -> None:
+    def _notify(self, schedule: str, pipeline: Pipeline | None, status: FireStatus, detail: str | None,
+                run_id: str | None) -> None:
         config = pipeline.schedule.notify if pipeline and pipeline.schedule else Notify()
         event = should_notify(config, status)
         if not event:
@@ -374,41 +387,38 @@ class Scheduler:
     # --- runs this process does not track ---------------------------------------------------------
     def _live_external_run(self, schedule: str) -> bool:
         """A run of this schedule started by an earlier scheduler process that is still going."""
-        rows = self.store.query("SELECT pid, host FROM runs WHERE trigger=? AND status IN ('pending','running')",
-                                (f"schedule:{schedule}",))
+        rows = self.store.runs_in(_UNFINISHED, trigger=f"schedule:{schedule}")
         host = os.uname().nodename
         return any(r["pid"] and r["host"] == host and psutil.pid_exists(r["pid"]) for r in rows)
 
     def _reconcile_orphans(self) -> None:
         """schedule_runs left `running` or `queued` by a scheduler that died: settle them from `runs`."""
         ours = {a.row_id for a in self.active.values()} | {q.row_id for q in self.queued.values()}
-        rows = self.store.query("SELECT * FROM schedule_runs WHERE status IN ('running','queued')")
-        for sr in rows:
+        for sr in fires.active_schedule_runs(self.store):
             if sr["id"] in ours:
                 continue
-            if sr["status"] == "queued":
-                sch.update_schedule_run(self.store, sr["id"], status="lost", finished_at=self.clock.now(),
-                                        detail="the scheduler stopped before the queued run started")
+            if sr["status"] == FireStatus.QUEUED:
+                fires.update_schedule_run(self.store, sr["id"], status=FireStatus.LOST, finished_at=self.clock.now(),
+                                          detail="the scheduler stopped before the queued run started")
                 continue
-            runs = self.store.query("SELECT * FROM runs WHERE trigger=? AND created_at >= ? ORDER BY created_at LIMIT 1",
-                                    (f"schedule:{sr['schedule']}", sr["started_at"]))
-            if runs and runs[0]["status"] in ("pending", "running") and self._live_external_run(sr["schedule"]):
+            r = self.store.first_run_since(f"schedule:{sr['schedule']}", sr["started_at"])
+            if r is None:
+                fires.update_schedule_run(self.store, sr["id"], status=FireStatus.LOST, finished_at=self.clock.now(),
+                                          detail="the scheduler stopped and no run was recorded")
                 continue
-            if runs:
-                r = runs[0]
-                status = r["status"] if r["status"] not in ("pending", "running") else "lost"
-                sch.update_schedule_run(self.store, sr["id"], status=status, run_id=r["id"], detail=r["error"],
-                                        finished_at=parse_iso(r["finished_at"]) or self.clock.now())
-            else:
-                sch.update_schedule_run(self.store, sr["id"], status="lost", finished_at=self.clock.now(),
-                                        detail="the scheduler stopped and no run was recorded")
+            unfinished = r["status"] in _UNFINISHED
+            if unfinished and self._live_external_run(sr["schedule"]):
+                continue
+            status = FireStatus.LOST if unfinished else FireStatus.parse(r["status"])
+            fires.update_schedule_run(self.store, sr["id"], status=status, run_id=r["id"], detail=r["error"],
+                                      finished_at=parse_iso(r["finished_at"]) or self.clock.now())
 
     # --- stopping -------------------------------------------------------------------------------
     def drain(self) -> None:
         """Let running children finish within stop_grace, then terminate, then kill (bounded)."""
         for name, q in list(self.queued.items()):
-            sch.update_schedule_run(self.store, q.row_id, status="skipped", detail="the scheduler stopped",
-                                    finished_at=self.clock.now())
+            fires.update_schedule_run(self.store, q.row_id, status=FireStatus.SKIPPED, detail="the scheduler stopped",
+                                      finished_at=self.clock.now())
             del self.queued[name]
         if not self.active:
             return
@@ -425,8 +435,8 @@ class Scheduler:
         self._wait(5.0)
         for name, act in list(self.active.items()):  # did not die even from SIGKILL within 5 s
             del self.active[name]
-            sch.update_schedule_run(self.store, act.row_id, status="lost", finished_at=self.clock.now(),
-                                    detail="did not stop when the scheduler shut down")
+            fires.update_schedule_run(self.store, act.row_id, status=FireStatus.LOST, finished_at=self.clock.now(),
+                                      detail="did not stop when the scheduler shut down")
 
     def _wait(self, seconds: float, stop_early: Callable[[], bool] = lambda: False) -> None:
         deadline = self.clock.now() + timedelta(seconds=seconds)

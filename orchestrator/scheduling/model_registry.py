@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,35 +22,16 @@ from typing import Any
 
 from lhorch.orchestrator.core.errors import LhorchError, NotFoundError
 from lhorch.orchestrator.core.spec import Promotion
-from lhorch.orchestrator.state.store import Store, iso, parse_iso, utcnow
+from lhorch.orchestrator.core.status import ModelStatus, RunStatus
+from lhorch.orchestrator.state import models
+from lhorch.orchestrator.state.models import ModelVersion
+from lhorch.orchestrator.state.store import Store, utcnow
+
+__all__ = ["Decision", "ModelVersion", "Registry", "RegistryError", "decide"]
 
 
 class RegistryError(LhorchError):
     """A run cannot be registered (it failed, or wrote no model or metrics)."""
-
-
-@dataclass(frozen=True)
-class ModelVersion:
-    pipeline: str
-    version: int
-    run_id: str
-    stage: str
-    path: str
-    sha256: str | None
-    metrics: dict[str, Any]
-    status: str
-    reason: str | None
-    created_at: datetime
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> "ModelVersion":
-        return cls(row["pipeline"], row["version"], row["run_id"], row["stage"], row["path"], row["sha256"],
-                   json.loads(row["metrics_json"] or "{}"), row["status"], row["reason"], parse_iso(row["created_at"]))
-
-    def to_json(self) -> dict[str, Any]:
-        return {"pipeline": self.pipeline, "version": self.version, "run_id": self.run_id, "stage": self.stage,
-                "path": self.path, "sha256": self.sha256, "metrics": self.metrics, "status": self.status,
-                "reason": self.reason, "created_at": iso(self.created_at)}
 
 
 @dataclass(frozen=True)
@@ -76,7 +56,8 @@ def decide(rule: Promotion, new: dict[str, Any], current: ModelVersion | None) -
     sign = ">=" if rule.mode == "max" else "<="
     need = old + rule.min_delta if rule.mode == "max" else old - rule.min_delta
     verdict = "ok" if better else "regression"
-    return better, f"{rule.metric}={value:.4g} vs current v{current.version} {old:.4g} (needs {sign} {need:.4g}): {verdict}"
+    return better, (f"{rule.metric}={value:.4g} vs current v{current.version} {old:.4g} "
+                    f"(needs {sign} {need:.4g}): {verdict}")
 
 
 def _nearest_model_stage(stages: dict[str, list[str]], models: set[str], metrics_stage: str | None) -> str | None:
@@ -109,86 +90,70 @@ class Registry:
         return self.root / pipeline / "current"
 
     def current(self, pipeline: str) -> ModelVersion | None:
-        rows = self.store.query("SELECT * FROM models WHERE pipeline=? AND status='current'", (pipeline,))
-        return ModelVersion.from_row(rows[0]) if rows else None
+        return models.current(self.store, pipeline)
 
     def versions(self, pipeline: str | None = None) -> list[ModelVersion]:
-        if pipeline:
-            rows = self.store.query("SELECT * FROM models WHERE pipeline=? ORDER BY version", (pipeline,))
-        else:
-            rows = self.store.query("SELECT * FROM models ORDER BY pipeline, version")
-        return [ModelVersion.from_row(r) for r in rows]
+        return models.versions(self.store, pipeline)
 
     def get(self, pipeline: str, version: int) -> ModelVersion:
-        rows = self.store.query("SELECT * FROM models WHERE pipeline=? AND version=?", (pipeline, version))
-        if not rows:
-            raise NotFoundError(f"{pipeline} has no model version {version}", hint=f"`lhorch models list {pipeline}` shows its versions.")
-        return ModelVersion.from_row(rows[0])
+        found = models.get(self.store, pipeline, version)
+        if found is None:
+            raise NotFoundError(f"{pipeline} has no model version {version}",
+                                hint=f"`lhorch models list {pipeline}` shows its versions.")
+        return found
 
     # --- registering ------------------------------------------------------------------------------
     def register_run(self, run_id: str, rule: Promotion | None = None, now: datetime | None = None) -> Decision:
         """Register the model of a succeeded run as a new version and run the promotion gate.
         Registering the same run again returns the first decision."""
-        rule = rule or Promotion()
-        now = now or utcnow()
-        runs = self.store.query("SELECT * FROM runs WHERE id=?", (run_id,))
-        if not runs:
+        gate_rule = rule or Promotion()
+        run = self.store.get_run(run_id, prefix=False)
+        if run is None:
             raise NotFoundError(f"no run {run_id!r}", hint="`lhorch runs` lists the runs.")
-        run = runs[0]
-        existing = self.store.query("SELECT * FROM models WHERE run_id=?", (run_id,))
-        if existing:
-            mv = ModelVersion.from_row(existing[0])
-            return Decision(mv, mv.status == "current", mv.reason or "")
-        if run["status"] != "succeeded":
+        existing = models.of_run(self.store, run_id)
+        if existing is not None:
+            return Decision(existing, existing.status == ModelStatus.CURRENT, existing.reason or "")
+        if run["status"] != RunStatus.SUCCEEDED:
             raise RegistryError(f"run {run_id} {run['status']}; only a succeeded run's model can be registered")
         pipeline = run["pipeline"]
-        arts = self.store.query("SELECT * FROM artifacts WHERE run_id=?", (run_id,))
+        arts = self.store.artifacts(run_id)
         metrics_art = next((a for a in arts if a["name"] == "metrics"), None)
         model_arts = {a["stage"]: a for a in arts if a["name"] == "model"}
-        if rule.stage:
-            stage = rule.stage
+        if gate_rule.stage:
+            stage = gate_rule.stage
             if stage not in model_arts:
                 raise RegistryError(f"stage {stage!r} of run {run_id} wrote no `model` output",
                                     hint="promote.stage names the stage whose `model` output is registered.")
         else:
             spec = json.loads(run["spec_json"] or "{}")
             needs = {name: list(s.get("needs", [])) for name, s in (spec.get("stages") or {}).items()}
-            stage = _nearest_model_stage(needs, set(model_arts), metrics_art["stage"] if metrics_art else None)
-            if stage is None and len(model_arts) == 1:
-                stage = next(iter(model_arts))
-            if stage is None:
+            found = _nearest_model_stage(needs, set(model_arts), metrics_art["stage"] if metrics_art else None)
+            if found is None and len(model_arts) == 1:
+                found = next(iter(model_arts))
+            if found is None:
                 raise RegistryError(f"run {run_id} wrote no `model` output that its metrics describe",
                                     hint="Set schedule.promote.stage to the stage that writes the model.")
+            stage = found
         metrics = _read_metrics(Path(metrics_art["path"])) if metrics_art else {}
         source = Path(model_arts[stage]["path"])
         if not source.exists():
             raise RegistryError(f"the model of run {run_id} ({source}) no longer exists")
-        with self.store.tx() as c:
-            version = c.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE pipeline=?", (pipeline,)).fetchone()[0]
-            row = c.execute("SELECT * FROM models WHERE pipeline=? AND status='current'", (pipeline,)).fetchone()
-            current = ModelVersion.from_row(row) if row else None
-            ok, reason = decide(rule, metrics, current)
-            dest = self.root / pipeline / f"v{version}"
-            if ok:
-                c.execute("UPDATE models SET status='retired' WHERE pipeline=? AND status='current'", (pipeline,))
-            c.execute(
-                "INSERT INTO models(pipeline, version, run_id, stage, path, sha256, metrics_json, status, reason, created_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (pipeline, version, run_id, stage, str(dest), model_arts[stage]["sha256"], json.dumps(metrics),
-                 "current" if ok else "rejected", reason, iso(now)),
-            )
-        _copy(source, dest)
+        version, ok, reason = models.add_version(
+            self.store, pipeline=pipeline, run_id=run_id, stage=stage, sha256=model_arts[stage]["sha256"],
+            metrics=metrics, path_of=lambda v: str(self._folder(pipeline, v)),
+            gate=lambda current: decide(gate_rule, metrics, current), now=now or utcnow())
+        _copy(source, self._folder(pipeline, version))
         self.sync_current_link(pipeline)
         return Decision(self.get(pipeline, version), ok, reason)
+
+    def _folder(self, pipeline: str, version: int) -> Path:
+        return self.root / pipeline / f"v{version}"
 
     def promote(self, pipeline: str, version: int, reason: str = "promoted by hand") -> ModelVersion:
         """Make a version current regardless of the gate (a person decided)."""
         target = self.get(pipeline, version)
-        if target.status != "current":
-            with self.store.tx() as c:
-                c.execute("UPDATE models SET status='retired' WHERE pipeline=? AND status='current'", (pipeline,))
-                c.execute("UPDATE models SET status='current', reason=? WHERE pipeline=? AND version=?",
-                          (reason, pipeline, version))
+        if target.status != ModelStatus.CURRENT:
+            models.make_current(self.store, pipeline, version, reason)
         self.sync_current_link(pipeline)
         return self.get(pipeline, version)
 
@@ -198,19 +163,15 @@ class Registry:
         current = self.current(pipeline)
         if current is None:
             raise NotFoundError(f"{pipeline} has no current model to roll back")
-        rows = self.store.query("SELECT * FROM models WHERE pipeline=? AND status='retired' ORDER BY version DESC LIMIT 1",
-                                (pipeline,))
-        if not rows:
+        previous = models.latest_with_status(self.store, pipeline, ModelStatus.RETIRED)
+        if previous is None:
             raise NotFoundError(f"{pipeline} has no earlier promoted model to go back to",
                                 hint=f"`lhorch models promote {pipeline} VERSION` promotes any version by hand.")
-        previous = rows[0]["version"]
-        with self.store.tx() as c:
-            c.execute("UPDATE models SET status='rolled_back', reason=? WHERE pipeline=? AND version=?",
-                      (f"rolled back to v{previous}", pipeline, current.version))
-            c.execute("UPDATE models SET status='current', reason=? WHERE pipeline=? AND version=?",
-                      (f"restored by rollback from v{current.version}", pipeline, previous))
+        models.make_current(self.store, pipeline, previous.version,
+                            f"restored by rollback from v{current.version}",
+                            old_status=ModelStatus.ROLLED_BACK, old_reason=f"rolled back to v{previous.version}")
         self.sync_current_link(pipeline)
-        return self.get(pipeline, previous)
+        return self.get(pipeline, previous.version)
 
     def sync_current_link(self, pipeline: str) -> None:
         """Point `current` at the current version's folder (or remove it when there is none)."""

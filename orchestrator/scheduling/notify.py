@@ -19,18 +19,21 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 from lhorch.orchestrator.core.spec import Notify
+from lhorch.orchestrator.core.status import FireStatus
 
 log = logging.getLogger("lhorch.notify")
 
 # What a schedule_run ended as → the `notify.on` name that covers it.
 OUTCOME_EVENT = {
-    "failed": "failed", "invalid": "failed", "infeasible": "failed", "cloud_error": "failed", "lost": "failed",
-    "budget_exceeded": "budget_exceeded", "refused": "budget_exceeded",
-    "not_promoted": "not_promoted", "succeeded": "succeeded", "promoted": "succeeded", "skipped": "skipped",
+    FireStatus.FAILED: "failed", FireStatus.INVALID: "failed", FireStatus.INFEASIBLE: "failed",
+    FireStatus.CLOUD_ERROR: "failed", FireStatus.LOST: "failed",
+    FireStatus.BUDGET_EXCEEDED: "budget_exceeded", FireStatus.REFUSED: "budget_exceeded",
+    FireStatus.NOT_PROMOTED: "not_promoted", FireStatus.SUCCEEDED: "succeeded", FireStatus.PROMOTED: "succeeded",
+    FireStatus.SKIPPED: "skipped",
 }
 
 
@@ -41,7 +44,7 @@ class Notice:
     event: str  # one of Notify.on's values
 
 
-def should_notify(config: Notify, outcome: str) -> str | None:
+def should_notify(config: Notify, outcome: FireStatus | str) -> str | None:
     """The notify.on event for ``outcome`` if the configuration asks for it."""
     event = OUTCOME_EVENT.get(outcome)
     return event if event in config.on else None

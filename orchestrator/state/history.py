@@ -8,10 +8,14 @@ before on the same machine with the same spec is best predicted by its own histo
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
+from typing import TypeVar
 
 from lhorch.orchestrator.state.store import Store, iso, parse_iso
+
+_N = TypeVar("_N", int, float)
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,7 @@ def observed(store: Store, pipeline: str, stage: str, machine: str | None = None
             pipeline=r["pipeline"], stage=r["stage"], spec_hash=r["spec_hash"], machine=r["machine"],
             target=r["target"], wall_seconds=r["wall_seconds"], peak_rss_mb=r["peak_rss_mb"],
             peak_gpu_mb=r["peak_gpu_mb"], input_bytes=r["input_bytes"], output_bytes=r["output_bytes"],
-            finished_at=parse_iso(r["finished_at"]),
+            finished_at=parse_iso(r["finished_at"]) or datetime.min.replace(tzinfo=timezone.utc),
         )
         for r in store.query(sql, tuple(args))
     ]
@@ -98,13 +102,13 @@ def summary(observations: list[Observation]) -> HistorySummary | None:
         return None
     walls = [o.wall_seconds for o in observations]
 
-    def _max(values):
-        values = [v for v in values if v is not None]
-        return max(values) if values else None
+    def _max(values: Iterable[_N | None]) -> _N | None:
+        present = [v for v in values if v is not None]
+        return max(present) if present else None
 
-    def _median(values):
-        values = [v for v in values if v is not None]
-        return statistics.median(values) if values else None
+    def _median(values: Iterable[int | None]) -> float | None:
+        present = [v for v in values if v is not None]
+        return statistics.median(present) if present else None
 
     return HistorySummary(
         count=len(observations),

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from lhorch.orchestrator.state.store import Store, utcnow
 from lhorch.orchestrator.core.plan import Plan
+from lhorch.orchestrator.state.store import Store, utcnow
 
 ESTIMATE = "estimate"
 RUN_LEVEL = "(run)"  # per_stage key for items not tied to one stage (a cluster shared by a group)
@@ -67,6 +67,17 @@ def rows(store: Store, run_id: str, *, actual_only: bool = False) -> list[dict]:
     sql = "SELECT * FROM ledger WHERE run_id=?" + (" AND kind != ?" if actual_only else "") + " ORDER BY id"
     args: tuple = (run_id, ESTIMATE) if actual_only else (run_id,)
     return [dict(r) for r in store.query(sql, args)]
+
+
+def has_run(store: Store, run_id: str) -> bool:
+    """Whether the ledger has any item of ``run_id`` (a run whose row is gone may still have costs)."""
+    return bool(store.query("SELECT 1 FROM ledger WHERE run_id=? LIMIT 1", (run_id,)))
+
+
+def pipeline_of(store: Store, run_id: str) -> str | None:
+    """The pipeline the ledger files ``run_id``'s costs under."""
+    rows = store.query("SELECT pipeline FROM ledger WHERE run_id=? LIMIT 1", (run_id,))
+    return str(rows[0]["pipeline"]) if rows else None
 
 
 def run_total(store: Store, run_id: str) -> float:

@@ -11,9 +11,10 @@ prices while keeping everything else, so the planner sees the same ``Offer`` sha
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from lhorch.orchestrator.core.plan import Offer
 
@@ -59,22 +60,22 @@ def catalogue_offers(region: str | None = None, spot: bool = True,
     for row in raw["instance_types"]:
         if wanted is not None and row["name"] not in wanted:
             continue
-        base = dict(
-            provider="aws",
-            instance_type=row["name"],
-            region=region or raw["region"],
-            vcpus=row["vcpus"],
-            memory_gb=row["memory_gb"],
-            gpus=row["gpus"],
-            gpu_model=row["gpu_model"],
-            gpu_memory_gb=row["gpu_memory_gb"],
-            startup_seconds=row["startup_seconds"],
-            teardown_seconds=TEARDOWN_SECONDS,
-            gflops_fp32=row["cpu_gflops_fp32"],
-            gpu_gflops=row["gpu_gflops"],
-            transfer_usd_per_gb=raw["transfer_usd_per_gb_out"],
-            price_source=source,
-        )
+        base = {
+            "provider": "aws",
+            "instance_type": row["name"],
+            "region": region or raw["region"],
+            "vcpus": row["vcpus"],
+            "memory_gb": row["memory_gb"],
+            "gpus": row["gpus"],
+            "gpu_model": row["gpu_model"],
+            "gpu_memory_gb": row["gpu_memory_gb"],
+            "startup_seconds": row["startup_seconds"],
+            "teardown_seconds": TEARDOWN_SECONDS,
+            "gflops_fp32": row["cpu_gflops_fp32"],
+            "gpu_gflops": row["gpu_gflops"],
+            "transfer_usd_per_gb": raw["transfer_usd_per_gb_out"],
+            "price_source": source,
+        }
         on_demand = round(row["on_demand"] * factor, 4)
         offers.append(Offer(market="on-demand", price_per_hour=on_demand, **base))
         if spot:

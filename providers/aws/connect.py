@@ -84,7 +84,8 @@ class _ForwardingConnector:
                                     stderr=subprocess.DEVNULL, start_new_session=True)
         except FileNotFoundError as exc:
             raise ClusterUnreachable(f"cannot reach the head of {head.cluster}: {exc.filename} not found",
-                                     hint="Install the AWS CLI and its session-manager-plugin, or use the SSH connector.") from exc
+                                     hint="Install the AWS CLI and its session-manager-plugin, "
+                                          "or use the SSH connector.") from exc
         self._procs[head.instance_id] = (proc, port)
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:

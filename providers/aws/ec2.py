@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from botocore.exceptions import ClientError
 
@@ -57,10 +57,6 @@ AMI_NAME_PATTERNS = {
     True: ["Deep Learning Base OSS Nvidia Driver GPU AMI (Amazon Linux 2023)*", "Deep Learning*Amazon Linux*"],
     False: ["al2023-ami-2023*-kernel-*"],
 }
-
-
-def now_iso(dt: datetime) -> str:
-    return dt.astimezone(timezone.utc).replace(microsecond=0).isoformat()
 
 
 def sibling_types(instance_type: str) -> list[str]:
@@ -123,7 +119,8 @@ def instance_facts(ec2: Any, types: Iterable[str]) -> dict[str, dict[str, Any]]:
                 "gpus": sum(g.get("Count", 0) for g in gpus),
                 "gpu_model": gpus[0]["Name"] if gpus else None,
                 "gpu_memory_gb": (gpus[0].get("MemoryInfo", {}).get("SizeInMiB", 0) / 1024) if gpus else 0.0,
-                "arch": "arm64" if "arm64" in it.get("ProcessorInfo", {}).get("SupportedArchitectures", []) else "x86_64",
+                "arch": "arm64" if "arm64" in it.get("ProcessorInfo", {}).get("SupportedArchitectures", [])
+                        else "x86_64",
             }
     return out
 
@@ -154,7 +151,8 @@ def tags_of(resource: dict[str, Any]) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in resource.get("Tags", [])}
 
 
-def cluster_instances(ec2: Any, run_id: str, group: str, states: Iterable[str] = BILLABLE_STATES) -> list[dict[str, Any]]:
+def cluster_instances(ec2: Any, run_id: str, group: str,
+                      states: Iterable[str] = BILLABLE_STATES) -> list[dict[str, Any]]:
     return instances(ec2, [{"Name": f"tag:{TAG_RUN}", "Values": [run_id]},
                            {"Name": f"tag:{TAG_GROUP}", "Values": [group]}], states)
 
@@ -171,18 +169,18 @@ def run_instance(ec2: Any, *, candidate: Candidate, image_id: str, root_device: 
                  token: str, volume_gb: int, backoff: Backoff) -> dict[str, Any]:
     """One node with every safety setting: IMDSv2 only (hop limit 1, tags readable by the node for
     the dead-man switch), shutdown terminates, volumes deleted on termination, everything tagged."""
-    kwargs: dict[str, Any] = dict(
-        ImageId=image_id, InstanceType=candidate.instance_type, MinCount=1, MaxCount=1, ClientToken=token,
-        SubnetId=candidate.subnet["id"], SecurityGroupIds=[security_group],
-        UserData=user_data,  # botocore base64-encodes it
-        InstanceInitiatedShutdownBehavior="terminate",
-        MetadataOptions={"HttpTokens": "required", "HttpPutResponseHopLimit": 1, "HttpEndpoint": "enabled",
-                         "InstanceMetadataTags": "enabled"},
-        BlockDeviceMappings=[{"DeviceName": root_device, "Ebs": {
+    kwargs: dict[str, Any] = {
+        "ImageId": image_id, "InstanceType": candidate.instance_type, "MinCount": 1, "MaxCount": 1,
+        "ClientToken": token, "SubnetId": candidate.subnet["id"], "SecurityGroupIds": [security_group],
+        "UserData": user_data,  # botocore base64-encodes it
+        "InstanceInitiatedShutdownBehavior": "terminate",
+        "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1, "HttpEndpoint": "enabled",
+                            "InstanceMetadataTags": "enabled"},
+        "BlockDeviceMappings": [{"DeviceName": root_device, "Ebs": {
             "VolumeSize": volume_gb, "VolumeType": "gp3", "DeleteOnTermination": True, "Encrypted": True}}],
-        TagSpecifications=[{"ResourceType": "instance", "Tags": tag_list(tags)},
-                           {"ResourceType": "volume", "Tags": tag_list(tags)}],
-    )
+        "TagSpecifications": [{"ResourceType": "instance", "Tags": tag_list(tags)},
+                              {"ResourceType": "volume", "Tags": tag_list(tags)}],
+    }
     if key_name:
         kwargs["KeyName"] = key_name
     if instance_profile:
@@ -218,7 +216,8 @@ def launch_first_fit(candidates: list[Candidate], launch: Callable[[Candidate, i
                 continue
             if code == "VcpuLimitExceeded":
                 raise CloudError(f"vCPU quota exceeded for {candidate.instance_type}: {exc}",
-                                 hint="Ask AWS for a higher quota (Service Quotas → EC2) or use a smaller instance type.") from exc
+                                 hint="Ask AWS for a higher quota (Service Quotas → EC2) "
+                                      "or use a smaller instance type.") from exc
             raise CloudError(f"could not launch {candidate.instance_type}: {exc}") from exc
     raise CapacityError("no capacity for any candidate: " + "; ".join(errors),
                         hint="Try again later, another region (cloud.region), or allow other instance types.")
@@ -229,7 +228,7 @@ def terminate(ec2: Any, ids: list[str], backoff: Backoff) -> None:
     remaining = list(ids)
     while remaining:
         try:
-            backoff.call(lambda: ec2.terminate_instances(InstanceIds=remaining))
+            backoff.call(lambda ids=remaining: ec2.terminate_instances(InstanceIds=ids))
             return
         except ClientError as exc:
             if error_code(exc) != "InvalidInstanceID.NotFound":

@@ -15,13 +15,15 @@ import json
 import os
 import statistics
 import tempfile
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from lhorch.orchestrator.core.plan import Offer
+from lhorch.providers.aws.catalogue import catalogue_offers
 from lhorch.providers.aws.ec2 import instance_facts
 
 Clock = Callable[[], datetime]
@@ -31,8 +33,6 @@ PRICING_REGION = "us-east-1"
 
 
 def bundled_catalogue(region: str, spot: bool) -> list[Offer]:
-    from lhorch.providers.aws.catalogue import catalogue_offers  # owned by the policies work; imported late
-
     return catalogue_offers(region, spot)
 
 

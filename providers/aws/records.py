@@ -1,77 +1,38 @@
-"""lhorch's own record of what it is about to create and has created in AWS (table
-``cloud_resources``). A row is written as ``intent`` before the API call, becomes ``created`` with
-the cloud's id, and ``released`` once the resource is gone; ``lhorch gc`` and a resumed run read it.
+"""lhorch's own record of what it is about to create and has created in AWS: the rows of
+``lhorch.orchestrator.state.cloud_resources`` whose provider is ``aws``. A row is written as ``intent``
+before the API call, becomes ``created`` with the cloud's id, and ``released`` once the resource is
+gone; ``lhorch gc`` and a resumed run read it.
 """
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
-from lhorch.orchestrator.state.store import Store, iso, utcnow
+from lhorch.orchestrator.state import cloud_resources
+from lhorch.orchestrator.state.store import Store
 
 PROVIDER = "aws"
 
 
 def record_intent(store: Store, run_id: str, kind: str, name: str, *, details: dict[str, Any] | None = None,
                   expires_at: datetime | None = None, price_per_hour: float = 0.0) -> None:
-    """Write (or revive) the intent row. A row left 'released' by an earlier attempt goes back to
-    'intent', since we are about to create the resource again."""
-    with store.tx() as c:
-        c.execute(
-            "INSERT INTO cloud_resources(run_id, provider, kind, name, state, details_json, price_per_hour,"
-            " created_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?)"
-            " ON CONFLICT(provider, kind, name) DO UPDATE SET"
-            "   state=CASE WHEN state='released' THEN 'intent' ELSE state END,"
-            "   released_at=NULL, details_json=COALESCE(excluded.details_json, details_json),"
-            "   expires_at=COALESCE(excluded.expires_at, expires_at)",
-            (run_id, PROVIDER, kind, name, "intent", json.dumps(details) if details else None,
-             price_per_hour, iso(utcnow()), iso(expires_at)),
-        )
+    """Write (or revive) the intent row, before the API call that creates the resource."""
+    cloud_resources.record_intent(store, PROVIDER, run_id, kind, name, details=details, expires_at=expires_at,
+                                  price_per_hour=price_per_hour)
 
 
 def mark_created(store: Store, kind: str, name: str, resource_id: str, *, price_per_hour: float | None = None,
                  details: dict[str, Any] | None = None) -> None:
-    sets, args = ["state='created'", "resource_id=?"], [resource_id]
-    if price_per_hour is not None:
-        sets.append("price_per_hour=?")
-        args.append(price_per_hour)
-    if details is not None:
-        sets.append("details_json=?")
-        args.append(json.dumps(details))
-    with store.tx() as c:
-        c.execute(f"UPDATE cloud_resources SET {', '.join(sets)} WHERE provider=? AND kind=? AND name=?",
-                  (*args, PROVIDER, kind, name))
+    cloud_resources.mark_created(store, PROVIDER, kind, name, resource_id, price_per_hour=price_per_hour,
+                                 details=details)
 
 
 def mark_released(store: Store, *, run_id: str, group: str | None = None, kind: str | None = None,
                   name: str | None = None) -> None:
-    sql = "UPDATE cloud_resources SET state='released', released_at=? WHERE provider=? AND run_id=? AND state!='released'"
-    args: list[Any] = [iso(utcnow()), PROVIDER, run_id]
-    if group is not None:
-        sql += " AND json_extract(details_json, '$.group')=?"
-        args.append(group)
-    if kind is not None:
-        sql += " AND kind=?"
-        args.append(kind)
-    if name is not None:
-        sql += " AND name=?"
-        args.append(name)
-    with store.tx() as c:
-        c.execute(sql, args)
+    cloud_resources.mark_released(store, PROVIDER, run_id=run_id, group=group, kind=kind, name=name)
 
 
 def open_rows(store: Store, run_id: str | None = None) -> list[dict[str, Any]]:
     """Rows not yet released (optionally of one run), details decoded."""
-    sql = "SELECT * FROM cloud_resources WHERE provider=? AND state!='released'"
-    args: list[Any] = [PROVIDER]
-    if run_id is not None:
-        sql += " AND run_id=?"
-        args.append(run_id)
-    out = []
-    for row in store.query(sql + " ORDER BY id", tuple(args)):
-        item = dict(row)
-        item["details"] = json.loads(row["details_json"]) if row["details_json"] else {}
-        out.append(item)
-    return out
+    return cloud_resources.open_rows(store, PROVIDER, run_id)

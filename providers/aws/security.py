@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import os
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from botocore.exceptions import ClientError
 
@@ -123,8 +124,8 @@ def node_policy(region: str, account: str, bucket: str | None, prefix: str) -> d
     ]
     if bucket:
         statements += [
-            {"Sid": "Artifacts", "Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload",
-                                                               "s3:ListMultipartUploadParts"],
+            {"Sid": "Artifacts", "Effect": "Allow",
+             "Action": ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
              "Resource": f"arn:aws:s3:::{bucket}/{prefix}/*"},
             {"Sid": "ArtifactsList", "Effect": "Allow", "Action": ["s3:ListBucket", "s3:ListBucketMultipartUploads"],
              "Resource": f"arn:aws:s3:::{bucket}", "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*"]}}},

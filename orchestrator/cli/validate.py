@@ -1,0 +1,37 @@
+"""`lhorch validate | schema`: check a pipeline file, print its JSON Schema. Fast: nothing of
+execution, providers or the store is imported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from lhorch.orchestrator.cli.output import console, emit_json
+from lhorch.orchestrator.core.graph import topological_order
+from lhorch.orchestrator.core.spec import Pipeline
+from lhorch.orchestrator.pipeline.loader import load_pipeline
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the parsed pipeline as JSON.")
+def validate(file: Path, as_json: bool) -> None:
+    """Check a pipeline file; exit 2 with the line and field of the first problem."""
+    pipeline = load_pipeline(file)
+    if as_json:
+        emit_json({"valid": True, "pipeline": pipeline.model_dump(mode="json", by_alias=True)})
+        return
+    order = topological_order(pipeline.stages)
+    console().print(f"[green]✓[/] {file}: pipeline [bold]{pipeline.name}[/], {len(order)} stage(s): "
+                    f"{' → '.join(order)}")
+
+
+@click.command()
+def schema() -> None:
+    """Print the pipeline file's JSON Schema (for editors' completion)."""
+    data = Pipeline.model_json_schema(by_alias=True)
+    data["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    data["title"] = "lhorch pipeline"
+    click.echo(json.dumps(data, indent=2))

@@ -1,0 +1,157 @@
+"""Launch one attempt of a stage: find its inputs, decide whether an earlier attempt can be kept,
+prepare its output folder and environment, and submit it to its cluster's Ray Jobs API.
+
+What the stage wrapper on the node runs is one typed message (core/stage_message.py) in
+``LHORCH_EXEC``; the job's own API (inputs, outputs, parameters) is the environment jobs/context.py
+reads. On a remote cluster the inputs are uploaded first (staging.py) and the pipeline's folder is
+shipped as the job's working directory, without the data the stages read.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lhorch.jobs.context import StageContext, to_env
+from lhorch.jobs.index import find_job
+from lhorch.orchestrator.core.cluster import Cluster
+from lhorch.orchestrator.core.errors import LhorchError
+from lhorch.orchestrator.core.spec import Pipeline
+from lhorch.orchestrator.core.stage_message import ENV_VAR, StageMessage
+from lhorch.orchestrator.core.status import StageStatus
+from lhorch.orchestrator.execution import staging
+from lhorch.orchestrator.execution.logs import LogTail
+from lhorch.orchestrator.execution.ray_jobs import RayJobs
+from lhorch.orchestrator.pipeline import artifacts as art
+from lhorch.orchestrator.state.store import Store
+
+# A retried or resumed attempt continues from the step checkpoints its predecessor left here.
+KEEP_ACROSS_ATTEMPTS = {"checkpoints"}
+WRAPPER_MODULE = "lhorch.orchestrator.execution.stage_wrapper"
+
+
+@dataclass
+class RunningAttempt:
+    stage: str
+    attempt_id: int
+    attempt: int  # the attempt's number within the run, counting those before a resume
+    job_id: str
+    jobs: RayJobs
+    started: float  # time.monotonic() at submission
+    log: LogTail
+
+
+class StageLauncher:
+    """Launches the stages of one run."""
+
+    def __init__(self, store: Store, pipeline: Pipeline, run_id: str, run_dir: Path, base_dir: Path):
+        self.store, self.pipeline, self.run_id, self.run_dir, self.base_dir = store, pipeline, run_id, run_dir, base_dir
+
+    def inputs(self, stage: str) -> tuple[dict[str, Path], dict[str, str]]:
+        """The stage's inputs (name → path) and their digests, which its cache key is made of. An
+        optional output its producer did not write is left out."""
+        refs = art.stage_inputs(self.pipeline, stage, self.run_dir, self.base_dir)
+        paths: dict[str, Path] = {}
+        hashes: dict[str, str] = {}
+        recorded = {(a["stage"], a["name"]): a["sha256"] for a in self.store.artifacts(self.run_id)}
+        for ref in refs:
+            if ref.producer is not None:
+                digest = recorded.get((ref.producer, ref.output))
+                if digest is None:  # the producer did not write this optional output
+                    continue
+                hashes[ref.name] = digest
+            elif ref.path.exists():
+                hashes[ref.name] = art.sha256_path(ref.path)[0]
+            else:
+                raise LhorchError(f"stage {stage}: input {ref.name} not found at {ref.path}")
+            paths[ref.name] = ref.path
+        return paths, hashes
+
+    def reusable(self, stage: str, key: str, previous: dict[str, Any] | None) -> bool:
+        """An earlier attempt of this run (before a resume) finished with the same cache key and its
+        outputs are still on disk unchanged."""
+        if not previous or previous["status"] not in StageStatus.done() or previous["cache_key"] != key:
+            return False
+        out = art.output_dir(self.run_dir, stage)
+        for row in self.store.artifacts(self.run_id, stage):
+            path = Path(row["path"])
+            if not path.exists() or art.sha256_path(path)[0] != row["sha256"]:
+                return False
+        return out.exists()
+
+    def launch(self, stage: str, key: str, target_key: str, cluster: Cluster, jobs: RayJobs,
+               inputs: dict[str, Path]) -> RunningAttempt:
+        """Record the attempt, submit it, and mark it running."""
+        spec = self.pipeline.stages[stage]
+        out_dir = art.output_dir(self.run_dir, stage)
+        clear_partial_outputs(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        attempt_id = self.store.start_attempt(self.run_id, stage, key, target_key, cluster.name)
+        attempt = self.store.attempt_number(attempt_id)
+        env = self.stage_env(stage, inputs, out_dir, cluster)
+        env["LHORCH_ATTEMPT"] = str(attempt)
+        job_id = f"lhorch-{self.run_id}-{stage}-{attempt}"
+        # A distributed job's Ray Train workers take the stage's CPUs and GPUs: its driver reserves none.
+        job = find_job(spec.uses) if spec.uses else None
+        distributed = job is not None and job.distributed
+        cpus = 0.0 if distributed else spec.resources.cpus
+        gpus = 0.0 if distributed else float(spec.resources.gpus)
+        self.store.event(self.run_id, "stage", f"submit attempt {attempt}", stage=stage, job_id=job_id)
+        remote = cluster.remote
+        python = "python" if remote else sys.executable  # a remote node has its own interpreter
+        jobs.submit(submission_id=job_id, entrypoint=f"{python} -m {WRAPPER_MODULE}", env=env, cpus=cpus, gpus=gpus,
+                    working_dir=str(self.base_dir) if remote else None,
+                    excludes=self.working_dir_excludes() if remote else None)
+        self.store.finish_attempt(attempt_id, StageStatus.RUNNING, job_id=job_id, finished_at=None)
+        log_path = art.stage_dir(self.run_dir, stage) / f"attempt-{attempt}.log"
+        return RunningAttempt(stage, attempt_id, attempt, job_id, jobs, time.monotonic(),
+                              LogTail(stage, job_id, jobs, log_path))
+
+    def message(self, stage: str, inputs: dict[str, Path], cluster: Cluster) -> StageMessage:
+        """What the stage wrapper runs; on a remote cluster this uploads the inputs."""
+        spec = self.pipeline.stages[stage]
+        job = find_job(spec.uses) if spec.uses else None
+        if spec.uses and job is None:
+            raise LhorchError(f"stage {stage}: unknown job {spec.uses!r}")
+        remote = staging.send_inputs(self.store, self.pipeline, self.run_id, self.run_dir, self.base_dir, stage,
+                                     inputs, cluster) if cluster.remote else None
+        return StageMessage(kind="uses" if spec.uses else "run", module=job.module if job else None,
+                            command=spec.run, cwd=str(self.base_dir), timeout=spec.timeout, remote=remote)
+
+    def stage_env(self, stage: str, inputs: dict[str, Path], out_dir: Path, cluster: Cluster) -> dict[str, str]:
+        spec = self.pipeline.stages[stage]
+        env = {**self.pipeline.env, **spec.env}
+        ctx = StageContext(output_dir=out_dir, inputs=inputs, params=spec.with_, stage=stage, run_id=self.run_id)
+        env.update(to_env(ctx))
+        env["LHORCH_RESOURCES"] = spec.resources.model_dump_json()
+        env[ENV_VAR] = self.message(stage, inputs, cluster).model_dump_json()
+        return env
+
+    def working_dir_excludes(self) -> list[str]:
+        """What not to ship with the pipeline's folder to a remote cluster: data the stages read
+        (it goes through the artifact store) and what is never code."""
+        excludes = [".git", "__pycache__", ".venv", "*.egg-info"]
+        for name in self.pipeline.stages:
+            for path in art.external_paths(self.pipeline, name, self.base_dir):
+                try:
+                    excludes.append("/" + str(path.relative_to(self.base_dir)))
+                except ValueError:
+                    continue  # outside the folder: not shipped anyway
+        return excludes
+
+
+def clear_partial_outputs(out_dir: Path) -> None:
+    """Remove what a failed or interrupted attempt left, except its checkpoints."""
+    if not out_dir.exists():
+        return
+    for entry in out_dir.iterdir():
+        if entry.name in KEEP_ACROSS_ATTEMPTS:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()

@@ -1,0 +1,69 @@
+"""Open a run: create its row and folder, or reopen the unfinished run it continues.
+
+A run is resumed when asked (``--resume RUN_ID``) or, unless ``--fresh``, when the same pipeline
+file has an unfinished run: attempts that were running when its lhorch process ended are marked
+stopped, and what every stage had reached is kept so that the runner can reuse finished stages
+whose cache key still matches.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lhorch.orchestrator.core.errors import NotFoundError
+from lhorch.orchestrator.core.plan import Plan
+from lhorch.orchestrator.core.spec import Pipeline
+from lhorch.orchestrator.core.status import StageStatus
+from lhorch.orchestrator.execution.progress import Reporter
+from lhorch.orchestrator.state.store import Store, new_run_id
+
+
+@dataclass
+class RunOptions:
+    fresh: bool = False
+    resume: str | None = None
+    trigger: str = "manual"
+    only_if_changed: bool = False
+    run_id: str | None = None
+
+
+@dataclass
+class OpenedRun:
+    run_id: str
+    run_dir: Path
+    resumed: bool
+    previous: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage → its last attempt before
+
+
+def open_run(store: Store, pipeline: Pipeline, file: Path | None, plan: Plan, options: RunOptions,
+             reporter: Reporter) -> OpenedRun:
+    """Create the run, or reopen the one being resumed."""
+    row = None
+    if options.resume:
+        row = store.get_run(options.resume)
+        if row is None:
+            raise NotFoundError(f"no run {options.resume!r}", hint="`lhorch runs` lists the runs.")
+    elif not options.fresh and file is not None:
+        row = store.latest_unfinished_run(pipeline.name, str(file))
+    if row is not None:
+        run_id = row["id"]
+        store.mark_running_attempts(run_id, StageStatus.STOPPED, "the lhorch process running it ended")
+        previous = {name: dict(att) for name, att in store.stage_states(run_id).items()}
+        store.event(run_id, "run", "resumed", pid=os.getpid())
+        done = [n for n, a in previous.items() if a["status"] in StageStatus.done()]
+        reporter.info(f"Resuming run {run_id}: {len(done)} of {len(pipeline.stages)} stage(s) finished before.")
+        return OpenedRun(run_id, store.runs_dir(run_id), resumed=True, previous=previous)
+    run_id = options.run_id or new_run_id(pipeline.name)
+    run_dir = store.runs_dir(run_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    store.create_run(run_id, pipeline.name, pipeline, str(file) if file else None, trigger=options.trigger, plan=plan)
+    reporter.info(f"Run {run_id}")
+    return OpenedRun(run_id, run_dir, resumed=False)
+
+
+def unchanged_since_last_success(store: Store, pipeline: Pipeline, run_id: str, fingerprint: str) -> bool:
+    """True when the last successful run of this pipeline had the same inputs (``--only-if-changed``)."""
+    return store.last_succeeded_fingerprint(pipeline.name, other_than=run_id) == fingerprint

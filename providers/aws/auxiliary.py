@@ -1,0 +1,92 @@
+"""What a cluster needs besides its nodes: the Ray token parameter, the security group, the key
+pair, the node role and the artifact bucket.
+
+Each ``ensure`` is idempotent (find, else create) and the per-cluster ones write their intent row
+before the AWS call and mark it created after, so a crash in between leaves a row ``gc`` follows.
+The bucket and the node role are shared by every run of an account (region, bucket/prefix), outlive
+runs on purpose and are never swept, so they have no per-run row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable
+
+from botocore.exceptions import ClientError
+from pydantic import SecretStr
+
+from lhorch.orchestrator.core.cluster import ClusterRequest
+from lhorch.providers.aws import records, security
+from lhorch.providers.aws.context import AwsContext
+from lhorch.providers.aws.ec2 import TAG_OWNER
+from lhorch.providers.aws.names import token_parameter
+from lhorch.providers.aws.retry import error_code
+from lhorch.providers.aws.s3 import default_bucket_name, ensure_bucket
+
+
+class Auxiliary:
+    """The auxiliary resources of the clusters of one provider. ``ip_lookup`` finds the caller's
+    public IP for the SSH rule (None: no SSH rule, as for listing and deleting)."""
+
+    def __init__(self, ctx: AwsContext, ip_lookup: Callable[[], str] | None):
+        self.ctx, self.ip_lookup = ctx, ip_lookup
+        self.bucket_name: str | None = ctx.settings.bucket
+        self.instance_profile: str | None = ctx.settings.instance_profile
+        self._bucket_ready = False
+
+    def _intent(self, request: ClusterRequest, kind: str, name: str) -> None:
+        records.record_intent(self.ctx.store, request.run_id, kind, name, details=self.ctx.row_details(request))
+
+    def token(self, request: ClusterRequest, tags: dict[str, str]) -> SecretStr:
+        """The cluster's Ray token, kept as a SecureString parameter the nodes read at boot."""
+        store, ssm = self.ctx.store, self.ctx.clients.ssm
+        param = token_parameter(request.run_id, request.group)
+        self._intent(request, "parameter", param)
+        try:
+            value = ssm.get_parameter(Name=param, WithDecryption=True)["Parameter"]["Value"]
+        except ClientError as exc:
+            if error_code(exc) != "ParameterNotFound":
+                raise
+            value = secrets.token_hex(32)
+            ssm.put_parameter(Name=param, Value=value, Type="SecureString", Tags=security.tag_list(tags),
+                              Description="lhorch Ray cluster token")
+        records.mark_created(store, "parameter", param, param)
+        return SecretStr(value)
+
+    def security_group(self, request: ClusterRequest, name: str, vpc: str, tags: dict[str, str]) -> str:
+        self._intent(request, "security_group", name)
+        caller_ip = self.ip_lookup() if self.ip_lookup else None
+        group_id = security.ensure_security_group(self.ctx.ec2, name, vpc, tags, caller_ip)
+        records.mark_created(self.ctx.store, "security_group", name, group_id)
+        return group_id
+
+    def key_pair(self, request: ClusterRequest, name: str, tags: dict[str, str]) -> str:
+        self._intent(request, "key_pair", name)
+        key_id = security.ensure_key_pair(self.ctx.ec2, name, tags, self.ctx.store.home)
+        records.mark_created(self.ctx.store, "key_pair", name, key_id)
+        return name
+
+    def bucket(self) -> str:
+        """The bucket stage artifacts go through; lhorch creates it (private, encrypted, with a
+        lifecycle rule) when ``cloud.bucket`` is unset. Resolved before the node role, which is
+        scoped to it."""
+        if not self._bucket_ready:
+            if not self.bucket_name:
+                self.bucket_name = default_bucket_name(self.ctx.clients.identity()["account"], self.ctx.region)
+            ensure_bucket(self.ctx.clients.s3, self.bucket_name, self.ctx.region, prefix=self.ctx.settings.prefix)
+            self._bucket_ready = True
+        return self.bucket_name
+
+    def node_role(self) -> str | None:
+        """The nodes' instance profile: the configured one, else one scoped to bucket/prefix
+        (created once, named by that scope), else none when creating roles is off."""
+        if self.instance_profile or not self.ctx.settings.create_instance_profile:
+            return self.instance_profile
+        ident = self.ctx.clients.identity()
+        prefix = self.ctx.settings.prefix
+        scope = hashlib.sha256(f"{self.bucket_name}/{prefix}".encode()).hexdigest()[:10]
+        policy = security.node_policy(self.ctx.region, ident["account"], self.bucket_name, prefix)
+        self.instance_profile = security.ensure_instance_profile(self.ctx.clients.iam, f"lhorch-node-{scope}", policy,
+                                                                 {TAG_OWNER: ident["owner"]})
+        return self.instance_profile

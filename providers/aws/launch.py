@@ -1,0 +1,239 @@
+"""Launch planning: which instance types, markets and zones to try, in what order; starting the
+head, then the workers; waiting until they run and the Ray head answers.
+
+Fallbacks, in order: the offer's type in its market in every zone, then on-demand for a spot offer,
+then sibling types of the same architecture, GPUs and at least 90% of the memory (``ec2.sibling_types``).
+Nodes found by tag are reused, so a process that crashed after RunInstances starts no second one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import SecretStr
+
+from lhorch.orchestrator.core.cluster import ClusterRequest
+from lhorch.orchestrator.core.errors import ClusterUnreachable
+from lhorch.orchestrator.core.plan import Offer
+from lhorch.providers.aws import ec2 as ec2ops
+from lhorch.providers.aws import records, security
+from lhorch.providers.aws.bootstrap import BootstrapSpec, local_versions, render_user_data
+from lhorch.providers.aws.connect import HeadConnector, HeadNode
+from lhorch.providers.aws.context import AwsContext
+from lhorch.providers.aws.ec2 import (
+    TAG_HEARTBEAT,
+    TAG_MARKET,
+    TAG_NODE,
+    TAG_PRICE,
+    TAG_ROLE,
+    UP_STATES,
+    Candidate,
+    tags_of,
+)
+from lhorch.providers.aws.names import cluster_name, iso, node_name, token_parameter
+
+Probe = Callable[[str, SecretStr | None], bool]
+# States from which an instance never comes back to running: the launch has failed.
+GONE_STATES = (None, "shutting-down", "terminated", "stopping", "stopped")
+
+
+@dataclass(frozen=True)
+class NodeSetup:
+    """What every node of a cluster is launched with (the auxiliary resources, already ensured)."""
+
+    subnets: list[dict[str, str]]
+    security_group: str
+    key_name: str | None
+    instance_profile: str | None
+    tags: dict[str, str]
+    expires: datetime
+    token: SecretStr
+
+
+@dataclass(frozen=True)
+class Started:
+    """A cluster whose nodes run and whose head answers."""
+
+    instance_ids: list[str]  # head first, then workers by index
+    running: dict[str, dict[str, Any]]  # instance id -> describe_instances entry
+    address: str
+    token: SecretStr
+
+
+class Launcher:
+    """Starts the nodes of one cluster. ``discard(run_id, group)`` tears down a cluster that never
+    became usable, so that it does not outlive the ``start`` that launched it."""
+
+    def __init__(self, ctx: AwsContext, connector: HeadConnector, probe: Probe,
+                 discard: Callable[[str, str], None]):
+        self.ctx, self.connector, self.probe, self.discard = ctx, connector, probe, discard
+        self._versions = ctx.settings.versions
+        self._amis: dict[tuple[str, bool], tuple[str, str]] = {}
+        self._facts: dict[str, dict[str, Any]] = {}
+        self._prices_seen: dict[tuple[str, str], float] = {}
+
+    @property
+    def versions(self) -> dict[str, str]:
+        """Python/Ray/lhorch versions the nodes install: the local ones (imports ray, so lazily)."""
+        if self._versions is None:
+            self._versions = local_versions()
+        return self._versions
+
+    @property
+    def lhorch_requirement(self) -> str:
+        return self.ctx.settings.lhorch_requirement or f"lhorch=={self.versions['lhorch']}"
+
+    def start(self, request: ClusterRequest, setup: NodeSetup) -> Started:
+        """Reuse or launch the head, then the workers (they join the head's private IP); wait for
+        all of them and for the head to answer."""
+        launched_any = False
+        try:
+            nodes = self.existing_nodes(request)
+            if 0 not in nodes:
+                launched_any = True
+                nodes[0] = self.launch_node(request, setup, 0, "head", None)
+            head = self.wait_running([nodes[0]["InstanceId"]])[nodes[0]["InstanceId"]]
+            for index in range(1, request.nodes):
+                if index not in nodes:
+                    launched_any = True
+                    nodes[index] = self.launch_node(request, setup, index, "worker", head.get("PrivateIpAddress"))
+            ids = [nodes[i]["InstanceId"] for i in sorted(nodes)]
+            running = self.wait_running(ids)
+            address, auth = self.connect(self.head_node(request, running[ids[0]], setup.token))
+        except BaseException as exc:
+            if launched_any:
+                # A cluster that never became usable must not outlive this call.
+                try:
+                    self.discard(request.run_id, request.group)
+                except Exception as cleanup:  # keep the original error; report the cleanup's too
+                    exc.add_note(f"lhorch: tearing the failed cluster down also failed: {cleanup}")
+            raise
+        return Started(instance_ids=ids, running=running, address=address, token=auth)
+
+    def existing_nodes(self, request: ClusterRequest) -> dict[int, dict[str, Any]]:
+        """Nodes already up for this (run, group), by node index: found by tag, so a process that
+        crashed after RunInstances reuses them instead of starting more."""
+        found: dict[int, dict[str, Any]] = {}
+        name = cluster_name(request.run_id, request.group)
+        for inst in ec2ops.cluster_instances(self.ctx.ec2, request.run_id, request.group, UP_STATES):
+            index = int(tags_of(inst).get(TAG_NODE, "0"))
+            if index < request.nodes and index not in found:
+                found[index] = inst
+                records.mark_created(self.ctx.store, "instance", node_name(name, index), inst["InstanceId"])
+        return found
+
+    def candidates(self, offer: Offer, subnets: list[dict[str, str]]) -> list[Candidate]:
+        """Every (type, market, zone) to try, most preferred first (see the module docstring)."""
+        markets = [offer.market] + (["on-demand"] if offer.market == "spot" else [])
+        siblings = ec2ops.sibling_types(offer.instance_type)
+        allowed = self.ctx.settings.instance_types
+        if allowed:
+            siblings = [t for t in siblings if t in allowed]
+        facts = ec2ops.instance_facts(self.ctx.ec2, [offer.instance_type, *siblings])
+        self._facts.update(facts)
+        mine = facts.get(offer.instance_type)
+        if mine:
+            siblings = [t for t in siblings if t in facts and facts[t]["arch"] == mine["arch"]
+                        and facts[t]["gpus"] == mine["gpus"] and facts[t]["memory_gb"] >= 0.9 * mine["memory_gb"]]
+        else:
+            siblings = []
+        order = [(offer.instance_type, m) for m in markets] + [(t, m) for t in siblings for m in markets]
+        return [Candidate(t, m, s) for t, m in order for s in subnets]
+
+    def price(self, offer: Offer, candidate: Candidate) -> float:
+        """The hourly price of a candidate: the offer's own, else live (cached), else the offer's."""
+        if candidate.instance_type == offer.instance_type and candidate.market == offer.market:
+            return offer.price_per_hour
+        key = (candidate.instance_type, candidate.market)
+        if key not in self._prices_seen:
+            prices = self.ctx.prices
+            try:
+                live = (prices.spot if candidate.market == "spot" else prices.on_demand)(candidate.instance_type)
+            except (ClientError, BotoCoreError):
+                live = None
+            self._prices_seen[key] = live[0] if live else offer.price_per_hour
+        return self._prices_seen[key]
+
+    def image(self, instance_type: str) -> tuple[str, str]:
+        """(image id, root device) for the type's architecture and GPU-ness; looked up once each."""
+        if instance_type not in self._facts:
+            self._facts.update(ec2ops.instance_facts(self.ctx.ec2, [instance_type]))
+        facts = self._facts.get(instance_type, {"arch": "x86_64", "gpus": 0})
+        key = (facts["arch"], facts["gpus"] > 0)
+        if self.ctx.settings.ami:
+            image = self.ctx.ec2.describe_images(ImageIds=[self.ctx.settings.ami])["Images"][0]
+            return image["ImageId"], image.get("RootDeviceName", "/dev/xvda")
+        if key not in self._amis:
+            self._amis[key] = ec2ops.find_ami(self.ctx.clients.ssm, self.ctx.ec2, *key)
+        return self._amis[key]
+
+    def launch_node(self, request: ClusterRequest, setup: NodeSetup, index: int, role: str,
+                    head_ip: str | None) -> dict[str, Any]:
+        """Launch node ``index`` on the first candidate with capacity; its intent row first."""
+        ctx, name = self.ctx, cluster_name(request.run_id, request.group)
+        node = node_name(name, index)
+        spec = BootstrapSpec(cluster=name, role=role, region=ctx.region,
+                             token_parameter=token_parameter(request.run_id, request.group),
+                             expires_at=setup.expires, idle_minutes=request.idle_minutes, head_ip=head_ip,
+                             python=self.versions["python"], ray_version=self.versions["ray"],
+                             lhorch_requirement=self.lhorch_requirement)
+        user_data = render_user_data(spec)
+
+        def launch(candidate: Candidate, attempt: int) -> dict[str, Any]:
+            token = ec2ops.client_token(request.run_id, request.group, index, attempt)
+            image_id, root = self.image(candidate.instance_type)
+            price = self.price(request.offer, candidate)
+            node_tags = {**setup.tags, "Name": f"{name}-{role}" + (f"-{index}" if index else ""), TAG_ROLE: role,
+                         TAG_NODE: str(index), TAG_PRICE: f"{price:.6f}", TAG_MARKET: candidate.market,
+                         TAG_HEARTBEAT: iso(ctx.clock())}
+            # Intent first, with the exact token: a crash after this line is recoverable by tag or token.
+            records.record_intent(ctx.store, request.run_id, "instance", node, expires_at=setup.expires,
+                                  price_per_hour=price, details=ctx.row_details(
+                                      request, client_token=token, instance_type=candidate.instance_type,
+                                      market=candidate.market, zone=candidate.subnet["zone"]))
+            return ec2ops.run_instance(ctx.ec2, candidate=candidate, image_id=image_id, root_device=root,
+                                       security_group=setup.security_group, key_name=setup.key_name,
+                                       user_data=user_data, instance_profile=setup.instance_profile, tags=node_tags,
+                                       token=token, volume_gb=ctx.settings.volume_gb, backoff=ctx.backoff)
+
+        instance, candidate = ec2ops.launch_first_fit(self.candidates(request.offer, setup.subnets), launch)
+        records.mark_created(ctx.store, "instance", node, instance["InstanceId"],
+                             price_per_hour=float(self.price(request.offer, candidate)))
+        return instance
+
+    def wait_running(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        def done(state: str | None) -> bool:
+            if state in GONE_STATES:
+                raise ClusterUnreachable(f"an instance of the cluster went away while starting ({state or 'gone'})",
+                                         hint="Spot capacity may have been reclaimed; run again to retry.")
+            return state == "running"
+
+        return self.ctx.wait_for(ids, done, self.ctx.settings.launch_timeout)
+
+    def head_node(self, request: ClusterRequest, inst: dict[str, Any], token: SecretStr) -> HeadNode:
+        name = cluster_name(request.run_id, request.group)
+        return HeadNode(cluster=name, instance_id=inst["InstanceId"], region=self.ctx.region,
+                        private_ip=inst.get("PrivateIpAddress"), public_ip=inst.get("PublicIpAddress"), token=token,
+                        key_path=security.key_path(self.ctx.store.home, name))
+
+    def connect(self, head: HeadNode) -> tuple[str, SecretStr]:
+        """Connect to the head until its Ray dashboard answers with the token, or ready_timeout."""
+        ctx = self.ctx
+        timeout = ctx.settings.ready_timeout
+        deadline = ctx.monotonic() + timeout
+        while True:
+            try:
+                address, auth = self.connector.connect(head)
+                if self.probe(address, auth):
+                    return address, auth
+            except ClusterUnreachable:
+                if ctx.monotonic() >= deadline:
+                    raise
+            if ctx.monotonic() >= deadline:
+                raise ClusterUnreachable(f"the Ray head of {head.cluster} did not answer in {timeout:.0f}s",
+                                         hint="See /var/log/lhorch-bootstrap.log on the head (SSM session).")
+            ctx.sleep(ctx.settings.poll_interval)
