@@ -62,6 +62,7 @@ def run(params: CompressParams | dict | None, ctx: StageContext) -> dict:
               "test_acc": evaluate(model, *test)["acc"],
               "latency_ms": latency_ms(model, test[0], p.latency_batch, p.latency_repeats)}
 
+    history: list[dict] = []  # the recovery training's epochs, drawn by `lhorch report`
     pruned = copy.deepcopy(model)
     layers = [m for m in pruned.modules() if isinstance(m, nn.Linear)]
     if p.sparsity > 0:
@@ -69,7 +70,8 @@ def run(params: CompressParams | dict | None, ctx: StageContext) -> dict:
             prune.l1_unstructured(layer, name="weight", amount=p.sparsity)
         if p.recover_epochs:
             seed_everything(p.seed)
-            fit(pruned, train, val, epochs=p.recover_epochs, batch_size=64, lr=p.lr, weight_decay=0.0, seed=p.seed)
+            history = fit(pruned, train, val, epochs=p.recover_epochs, batch_size=64, lr=p.lr, weight_decay=0.0,
+                          seed=p.seed)
         for layer in layers:
             prune.remove(layer, "weight")  # bake mask into the weight: a plain Linear again
     pruned_acc = evaluate(pruned, *test)["acc"]
@@ -91,7 +93,7 @@ def run(params: CompressParams | dict | None, ctx: StageContext) -> dict:
         "accuracy_drop": before["test_acc"] - after["test_acc"], "latency_batch": p.latency_batch,
         "quantized_engine": torch.backends.quantized.engine if p.quantize else None,
     }
-    (ctx.output("report") / "report.json").write_text(json.dumps(report, indent=2))
+    (ctx.output("report") / "report.json").write_text(json.dumps({**report, "history": history}, indent=2))
     return report
 
 

@@ -4,7 +4,8 @@
   locally or when the deadline needs it), then the balanced objective;
 - ``cheapest``: least cost that meets the deadline, then least time;
 - ``fastest``: least time within the budget, then least cost;
-- ``balanced`` (default): least cost + value_of_time x time.
+- ``balanced`` (default): least cost + value_of_time x (time + each cluster's start-up once more,
+  as the risk of the least certain figure in a plan).
 
 Every key starts with (budget excess, deadline excess): a plan over the cap or past the deadline
 is only ever returned refused (``feasible=False``), with the reason in ``problems``.
@@ -15,15 +16,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lhorch.orchestrator.core.durations import format_duration
-from lhorch.orchestrator.core.plan import Offer, Placement, Plan, ProblemKind
+from lhorch.orchestrator.core.plan import Alternative, Offer, Placement, Plan, ProblemKind
 from lhorch.orchestrator.core.policy_name import PolicyName
 from lhorch.orchestrator.core.profile import Profile
 from lhorch.orchestrator.core.spec import Budget, Pipeline
 from lhorch.policies.base import StageEstimates
+from lhorch.policies.explain import alternatives, money, reason
 from lhorch.policies.problem import Outcome, Problem
-from lhorch.policies.search import Key, KeyFn, ScoreFn, optimise
+from lhorch.policies.search import Key, KeyFn, ScoreFn, candidate_options, optimise
+
+# Plans of more stages than this list no alternatives per stage (each costs a few evaluations);
+# `lhorch plan --explain STAGE` still lists them for the stage asked about.
+MAX_STAGES_EXPLAINED = 60
+ALTERNATIVES_KEPT = 8  # per placement in the Plan; --explain lists every offer
+_reason = reason
 
 EPS_USD = 1e-9
+STARTUP_RISK = 1.0  # extra weight of a cluster's start-up in the balanced objective, in start-ups
 EPS_S = 1e-6
 
 
@@ -36,11 +45,10 @@ class ObjectivePolicy:
     def plan(self, pipeline: Pipeline, profile: Profile, offers: list[Offer],
              estimates: StageEstimates, budget: Budget | None) -> Plan:
         pb = Problem(pipeline, offers, estimates)
-        cap = budget.max_usd if budget else None
         key, score = self.objective_fns(pb, budget)
         a, _ = optimise(pb, key, score, prefer_local=self.objective is PolicyName.LOCAL_FIRST)
         out = pb.evaluate(a, detail=True)
-        return _build_plan(self, pb, a, out, estimates, cap, pb.pipeline.deadline, self.value_of_time(pipeline))
+        return _build_plan(self, pb, a, out, estimates, budget)
 
     def value_of_time(self, pipeline: Pipeline) -> float:
         vot = self.value_of_time_usd_per_hour
@@ -63,7 +71,10 @@ class ObjectivePolicy:
                 return head + (round(out.cost, 9), out.seconds)
             if objective is PolicyName.FASTEST:
                 return head + (round(out.seconds, 6), out.cost)
-            balanced = out.cost + vot_s * out.seconds
+            # A start-up is the least certain figure in a plan (capacity retries, image loading, a
+            # spot node lost while booting): balanced counts each cluster's start-up once more, as
+            # risk, so a cluster must save more than its start-up to be chosen (issue 21).
+            balanced = out.cost + vot_s * (out.seconds + STARTUP_RISK * out.startup_seconds)
             if objective is PolicyName.LOCAL_FIRST:
                 voluntary = sum(1 for i in range(pb.n) if local_ok[i] and not pb.is_local[a[i]])
                 return head + (voluntary, balanced)
@@ -86,68 +97,28 @@ def _group_names(pb: Problem, out: Outcome) -> list[str]:
     return names
 
 
-def _money(x: float) -> str:
-    return f"${x:.2f}" if x >= 0.01 or x == 0 else f"${x:.4f}"
-
-
-def _reason(policy: ObjectivePolicy, pb: Problem, i: int, a: list[int], out: Outcome,
-            group_size: dict[int, int], vot: float, basis: str) -> str:
-    o = a[i]
-    offer = pb.offers[o]
-    stage = pb.stages[i]
-    t = pb.run[i][o]
-    local = pb.local
-    local_ok = local is not None and local in pb.allowed[i]
-    parts: list[str] = []
-    if offer.is_local:
-        if stage.placement == "local":
-            parts.append("pinned by placement: local")
-        cloud = [c for c in pb.allowed[i] if not pb.is_local[c]]
-        if cloud:
-            fast = min(cloud, key=lambda c: pb.standalone(i, c)[1])
-            ct, ft = pb.standalone(i, fast)
-            if ft < t:
-                parts.append(f"local takes {format_duration(t)} at no cloud cost; {pb.offers[fast].instance_type} "
-                             f"{pb.offers[fast].market} would take {format_duration(ft)} (start-up included) "
-                             f"for ~{_money(ct)}")
-            else:
-                parts.append(f"local takes {format_duration(t)}, as fast as any cloud option and free")
-        elif stage.placement != "local":
-            any_cloud = not all(pb.is_local)
-            parts.append(f"local takes {format_duration(t)}; no cloud offer " + ("fits" if any_cloud else "configured"))
+def explain_stage(policy: ObjectivePolicy, pb: Problem, a: list[int], i: int, budget: Budget | None,
+                  every_offer: bool = False, options: list[list[int]] | None = None) -> list[tuple[Alternative, str]]:
+    """The alternatives for stage ``i`` of assignment ``a``: the search's candidates for it
+    (``options``, computed when not given), the offers other stages use (sharing their cluster),
+    local; or ``every_offer``."""
+    key, score = policy.objective_fns(pb, budget)
+    if every_offer:
+        candidates = None
     else:
-        if stage.placement == "cloud":
-            parts.append("pinned by placement: cloud")
-        elif local is None or not local_ok:
-            why = pb.why_not[i].get(local, "cannot run locally") if local is not None else "no local node"
-            parts.append(f"{why}")
-        else:
-            lt = pb.run[i][local]
-            if t > 0 and lt > t:
-                parts.append(f"{lt / t:.1f}x faster than local ({format_duration(lt)} -> {format_duration(t)})")
-            else:
-                parts.append(f"local would take {format_duration(lt)}")
-        parts.append(f"{offer.instance_type} {offer.market} at {_money(offer.price_per_hour)}/h")
-        if offer.market == "spot" and offer.interruption_rate_per_hour:
-            parts.append(f"interruptions priced in (~{offer.interruption_rate_per_hour * 100:.1f}%/h, "
-                         f"checkpoint every {stage.hints.checkpoint_minutes:g} min)")
-        size = group_size.get(out.group[i], 1)
-        if size > 1:
-            parts.append(f"shares one cluster with {size - 1} other stage(s), one start-up")
-        if local_ok and stage.placement != "cloud":
-            parts.append({
-                PolicyName.BALANCED: f"worth it with time valued at ${vot:g}/h",
-                PolicyName.CHEAPEST: "cheapest way to meet the deadline",
-                PolicyName.FASTEST: "fastest within the budget",
-                PolicyName.LOCAL_FIRST: "needed to meet the deadline",
-            }[policy.objective])
-    parts.append(f"estimate from {basis}")
-    return "; ".join(parts)
+        options = options if options is not None else candidate_options(pb, score)
+        candidates = [*options[i], *dict.fromkeys(a)]
+        if pb.local is not None:
+            candidates.insert(0, pb.local)
+    return alternatives(pb, a, i, key, policy.objective, policy.value_of_time(pb.pipeline), candidates)
 
 
 def _build_plan(policy: ObjectivePolicy, pb: Problem, a: list[int], out: Outcome, est: StageEstimates,
-                cap: float | None, deadline: float | None, vot: float) -> Plan:
+                budget: Budget | None) -> Plan:
+    cap = budget.max_usd if budget else None
+    deadline = pb.pipeline.deadline
     groups = _group_names(pb, out)
+    options = candidate_options(pb, policy.objective_fns(pb, budget)[1]) if pb.n <= MAX_STAGES_EXPLAINED else []
     group_size: dict[int, int] = {}
     for g in out.group:
         if g >= 0:
@@ -167,8 +138,13 @@ def _build_plan(policy: ObjectivePolicy, pb: Problem, a: list[int], out: Outcome
         o = a[i]
         offer = pb.offers[o]
         unplaceable = not pb.allowed[i]
-        reason = (problems[pb.unplaceable.index(i)] if unplaceable
-                  else _reason(policy, pb, i, a, out, group_size, vot, est.basis(name, pb.stages[i])))
+        alts = (explain_stage(policy, pb, a, i, budget, options=options)
+                if not unplaceable and pb.n <= MAX_STAGES_EXPLAINED else [])
+        if unplaceable:
+            reason, factor = problems[pb.unplaceable.index(i)], "fit"
+        else:
+            reason, factor = _reason(pb, a, i, out, alts, group_size.get(out.group[i], 1),
+                                     est.basis(name, pb.stages[i]), policy.objective)
         placements[name] = Placement(
             stage=name,
             target="local" if offer.is_local else "cloud",
@@ -179,14 +155,16 @@ def _build_plan(policy: ObjectivePolicy, pb: Problem, a: list[int], out: Outcome
             est_seconds=pb.run[i][o],
             est_cost_usd=round(out.stage_cost[i], 6),
             reason=reason,
+            deciding_factor=factor,
             offer=offer,
+            alternatives=[alt for alt, _ in alts[:ALTERNATIVES_KEPT]],
         )
     if kind is None and cap is not None and out.cost > cap + EPS_USD:
         kind = "budget"
-        problems.append(f"the cheapest plan found costs {_money(out.cost)}, over the budget cap {_money(cap)}")
+        problems.append(f"the cheapest plan found costs {money(out.cost)}, over the budget cap {money(cap)}")
     if kind is None and deadline is not None and out.seconds > deadline + EPS_S:
         kind = "deadline"
-        within = f" within the {_money(cap)} cap" if cap is not None else ""
+        within = f" within the {money(cap)} cap" if cap is not None else ""
         problems.append(f"the fastest plan found{within} takes {format_duration(out.seconds)}, "
                         f"past the {format_duration(deadline)} deadline")
     return Plan(

@@ -34,6 +34,7 @@ INF = float("inf")
 class Outcome:
     cost: float
     seconds: float
+    startup_seconds: float = 0.0  # the clusters' start-ups, summed: what the balanced key weighs as risk
     start: list[float] = field(default_factory=list)
     finish: list[float] = field(default_factory=list)
     group: list[int] = field(default_factory=list)
@@ -82,15 +83,35 @@ class Problem:
         self.run: list[dict[int, float]] = []
         self.allowed: list[list[int]] = []
         self.why_not: list[dict[int, str]] = []
+        # Stages alike in everything the estimate reads (and with no history of their own) get the
+        # same times: with ~250 catalogue offers, computing them once per kind keeps planning fast.
+        signature = getattr(est, "signature", None)
+        alike: dict[str, tuple[dict[int, float], dict[int, str]]] = {}
+        # Whether a stage fits an offer depends on its resources alone (for an estimator that says
+        # so through ``signature``): asked once per kind of resources, not once per stage.
+        fits: dict[str, list[str | None]] = {}
         for name, stage in zip(self.names, stages, strict=True):
-            times: dict[int, float] = {}
-            why: dict[int, str] = {}
+            sig = signature(name, stage) if signature is not None else None
+            if sig is not None and sig in alike:
+                times, why = dict(alike[sig][0]), dict(alike[sig][1])
+                self.allowed.append(sorted(times))
+                self.run.append(times)
+                self.why_not.append(why)
+                continue
+            times, why = {}, {}
+            fit: list[str | None] | None = None
+            if sig is not None:
+                res = stage.resources.model_dump_json()
+                fit = fits.get(res)
+                if fit is None:
+                    fit = fits[res] = [est.fit_problem(name, stage, offer) for offer in offers]
             for o, offer in enumerate(offers):
-                if stage.placement == "local" and not offer.is_local:
+                loc = self.is_local[o]
+                if stage.placement == "local" and not loc:
                     continue
-                if stage.placement == "cloud" and offer.is_local:
+                if stage.placement == "cloud" and loc:
                     continue
-                problem = est.fit_problem(name, stage, offer)
+                problem = fit[o] if fit is not None else est.fit_problem(name, stage, offer)
                 if problem:
                     why[o] = problem
                     continue
@@ -105,6 +126,8 @@ class Problem:
                         why[o] = f"would cost ${alone:.2f}, over the stage's budget_usd ${stage.budget_usd:g}"
                         continue
                 times[o] = t
+            if sig is not None and times:
+                alike[sig] = (dict(times), dict(why))
             self.allowed.append(sorted(times))
             if not times:  # cannot run anywhere: keep a finite stand-in so totals stay readable
                 o = self.local if self.local is not None else 0
@@ -225,9 +248,10 @@ class Problem:
             billed = g_avail[g] - g_launch[g] + self.teardown[o]
             g_cost.append(self.price_s[o] * (billed if billed > MIN_BILLED_SECONDS else MIN_BILLED_SECONDS))
         cost += sum(g_cost) + self.elec_s * local_busy
+        startups = sum(self.startup[o] for o in g_offer)
         if not detail:
-            return Outcome(cost, makespan)
-        return self._detail(a, Outcome(cost, makespan, start, finish, grp, g_cost, g_offer))
+            return Outcome(cost, makespan, startups)
+        return self._detail(a, Outcome(cost, makespan, startups, start, finish, grp, g_cost, g_offer))
 
     def _detail(self, a: list[int], out: Outcome) -> Outcome:
         """Attribute cost to stages: run time at the offer's price, a cluster's start-up, idle

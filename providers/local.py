@@ -15,6 +15,7 @@ import os
 import secrets
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ import psutil
 from pydantic import SecretStr
 
 from lhorch.orchestrator.core.cluster import Cluster, ClusterRequest
-from lhorch.orchestrator.core.errors import ClusterUnreachable
+from lhorch.orchestrator.core.errors import ClusterUnreachable, LhorchError
 from lhorch.orchestrator.core.plan import Offer
 
 READY_TIMEOUT_S = 90.0
@@ -100,10 +101,25 @@ class LocalProvider:
 
     # Ray puts Unix sockets under its temp dir; their paths must stay under ~107 bytes, so the temp
     # dir is short and derived from LHORCH_HOME rather than placed inside it.
+    # Ray's logs there hold what stages print and the jobs' environments, so they sit in a folder that is
+    # this user's only (0700, owned by us; one of that name made by someone else first is refused, not
+    # used). Ray makes its temp dir itself world-writable, hence the private parent (issue 15).
+    @property
+    def private_tmp(self) -> Path:
+        digest = hashlib.sha1(str(self.home.resolve()).encode()).hexdigest()[:10]
+        path = Path("/tmp") / f"lhorch-{os.getuid()}-{digest}"
+        path.mkdir(mode=0o700, exist_ok=True)
+        st = path.lstat()
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            raise LhorchError(f"{path} exists and is not this user's own directory; refusing to start Ray in it",
+                              hint=f"Remove {path} (someone else may have created it on purpose).")
+        if st.st_mode & 0o077:
+            path.chmod(0o700)
+        return path
+
     @property
     def temp_dir(self) -> Path:
-        digest = hashlib.sha1(str(self.home.resolve()).encode()).hexdigest()[:10]
-        return Path("/tmp") / f"lhorch-ray-{digest}"
+        return self.private_tmp / "ray"
 
     def offers(self) -> list[Offer]:
         return []  # the planner builds the local offer from the measured Profile
@@ -218,6 +234,12 @@ class LocalProvider:
     def clusters(self) -> list[Cluster]:
         info = self._read_info()
         return [] if info is None else [self._cluster(info, "")]
+
+    def dashboard(self) -> str | None:
+        """Where the running local node's Ray dashboard is, or None when no node is up. Ray serves the
+        Jobs API from the dashboard, so it is the Cluster's ``address``."""
+        info = self._read_info()
+        return None if info is None else str(info["address"])
 
     def sweep(self, now: datetime, live_runs: set[str], dry_run: bool = False) -> list[str]:
         info = self._read_info()

@@ -8,9 +8,11 @@ Artifacts go through the bucket in ``cloud.bucket``, since the cluster does not 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
@@ -21,15 +23,37 @@ from lhorch.orchestrator.core.spec import Cloud
 from lhorch.orchestrator.state.store import Store
 from lhorch.providers.local import wait_ready
 
+# The user's explicit opt-in to sending the cluster's token over plain HTTP to a non-loopback address.
+PLAIN_HTTP_ENV = "LHORCH_ALLOW_PLAIN_HTTP_TOKEN"
+
+
+def _safe_for_token(address: str) -> bool:
+    """HTTPS, or plain HTTP to this machine (a tunnel ends there)."""
+    parts = urlsplit(address)
+    if parts.scheme == "https":
+        return True
+    host = parts.hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
 
 class RayClusterProvider:
     name = "ray"
 
     def __init__(self, address: str, token: str | None, *, bucket: str | None, prefix: str = "lhorch",
-                 ready_timeout: float = 15.0):
+                 ready_timeout: float = 15.0, allow_plain_http: bool = False):
         self.address = address.rstrip("/")
         if not self.address.startswith(("http://", "https://")):
             self.address = "http://" + self.address
+        if token and not allow_plain_http and not _safe_for_token(self.address):
+            # A bearer token over plain HTTP is readable by anyone on the path (issue 15).
+            raise UsageError(f"refusing to send the Ray token over plain HTTP to {self.address}",
+                             hint="Use an https:// address, or reach the cluster through an SSH tunnel on "
+                                  f"127.0.0.1; to send it anyway set {PLAIN_HTTP_ENV}=1.")
         self._token = SecretStr(token) if token else None
         self.bucket = bucket
         self.prefix = prefix
@@ -44,7 +68,8 @@ class RayClusterProvider:
                 token = path.read_text().strip()
             except OSError as exc:
                 raise UsageError(f"cannot read the cluster token file {path}: {exc.strerror}") from None
-        return cls(cloud.address or "", token, bucket=cloud.bucket, prefix=cloud.prefix)
+        return cls(cloud.address or "", token, bucket=cloud.bucket, prefix=cloud.prefix,
+                   allow_plain_http=os.environ.get(PLAIN_HTTP_ENV) == "1")
 
     def offers(self) -> list[Offer]:
         return []  # the planner models an existing cluster as one fixed-price offer

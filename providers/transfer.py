@@ -7,8 +7,11 @@ A URI ending in "/" is a folder, any other a single file.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Protocol
+
+from lhorch.providers.aws.secrets import get_secrets, put_secrets, secrets_parameter
 
 
 class ArtifactTransfer(Protocol):
@@ -23,19 +26,31 @@ def s3_client():
     return boto3.client("s3")
 
 
+@functools.cache
+def own_account() -> str:
+    """This caller's account (the node's, through its role, on a cloud node): the owner every S3 call
+    expects its bucket to have (ExpectedBucketOwner). GetCallerIdentity needs no permission."""
+    import boto3  # deferred: heavy, and only S3 transfers need it
+
+    return boto3.client("sts").get_caller_identity()["Account"]
+
+
 class S3Transfer:
-    def __init__(self, bucket: str, client=None):
+    def __init__(self, bucket: str, client=None, owner: str | None = None):
         # Deferred: it imports botocore (a few hundred ms), which only S3 transfers need.
         from lhorch.providers.aws.s3 import S3ArtifactStore
 
         self.bucket = bucket
-        self.store = S3ArtifactStore(bucket, "", client or s3_client())
+        self.store = S3ArtifactStore(bucket, "", client or s3_client(), owner=owner or own_account())
 
     def _key(self, uri: str) -> str:
+        # Deferred with S3ArtifactStore (botocore).
+        from lhorch.providers.aws.s3 import safe_relative
+
         prefix = f"s3://{self.bucket}/"
         if not uri.startswith(prefix):
             raise ValueError(f"{uri} is not in bucket {self.bucket}")
-        return uri[len(prefix):]
+        return safe_relative(uri[len(prefix):].rstrip("/")) + ("/" if uri.endswith("/") else "")
 
     def put(self, local: Path, uri: str) -> None:
         local = Path(local)
@@ -60,3 +75,28 @@ def store_for_uri(uri: str) -> ArtifactTransfer:
 
 def artifact_uri(base: str, *parts: str, folder: bool) -> str:
     return base.rstrip("/") + "/" + "/".join(p.strip("/") for p in parts) + ("/" if folder else "")
+
+
+# --- stage secrets on remote nodes (see lhorch.providers.aws.secrets) ------------------------------
+def secrets_uri(cluster_region: str, run_id: str, group: str, stage: str) -> str:
+    """Where a stage on an AWS cluster finds its secrets: ``ssm://<region>/<parameter name>``."""
+    return f"ssm://{cluster_region}{secrets_parameter(run_id, group, stage)}"
+
+
+def _ssm(uri: str) -> tuple[object, str]:
+    import boto3  # deferred: heavy, and only secrets on cloud nodes need it
+
+    if not uri.startswith("ssm://"):
+        raise ValueError(f"no secret store for {uri!r} (supported: ssm://)")
+    region, _, name = uri[len("ssm://"):].partition("/")
+    return boto3.client("ssm", region_name=region), "/" + name
+
+
+def write_secrets(uri: str, values: dict[str, str], tags: dict[str, str]) -> None:
+    client, name = _ssm(uri)
+    put_secrets(client, name, values, tags)
+
+
+def read_secrets(uri: str) -> dict[str, str]:
+    client, name = _ssm(uri)
+    return get_secrets(client, name)

@@ -92,3 +92,23 @@ def test_api_failure_falls_back_to_catalogue(source):
         offers = {o.market: o for o in src.offers(spot=False)}
     assert set(offers) == {"on-demand"}
     assert offers["on-demand"].price_per_hour == 1.0 and offers["on-demand"].price_source == "catalogue"
+
+
+def test_refresh_discovers_every_size_of_the_catalogue_families(moto_endpoint, tmp_path, clock):
+    """DescribeInstanceTypes (moto) lists sizes the bundled catalogue lacks; they get their family's
+    throughput and the live price, and keep moto's facts (vCPUs, memory, GPUs, architecture)."""
+    session = boto3.Session(region_name="us-east-1")
+    pricing = session.client("pricing", region_name="us-east-1")
+    src = PriceSource(ec2=session.client("ec2"), pricing=pricing, region="us-east-1",
+                      cache=PriceCache(tmp_path / "prices.json", lambda: clock[0]), fallback=catalogue)
+    stub = Stubber(pricing)
+    for _ in range(40):  # one price per discovered g5 size; moto lists a handful
+        stub.add_response("get_products", {"PriceList": [product("2.0")], "FormatVersion": "aws_v1"})
+    with stub:
+        offers = {o.instance_type: o for o in src.offers(spot=False, discover=True)}
+    assert {"g5.xlarge", "g5.4xlarge", "g5.12xlarge"} <= set(offers)
+    assert not any("metal" in t for t in offers)
+    g54 = offers["g5.4xlarge"]
+    assert (g54.vcpus, g54.gpus, g54.memory_gb) == (16, 1, 64)
+    assert g54.price_source == "live:2026-11-23" and g54.startup_seconds == 240  # the family's start-up
+    assert offers["g5.12xlarge"].gpus == 4

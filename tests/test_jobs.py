@@ -101,6 +101,8 @@ def test_distill_compress_evaluate(chain, tmp_path):
     assert c["sparsity"] == pytest.approx(0.5, abs=0.01)
     assert c["after"]["bytes"] < c["before"]["bytes"] and c["after"]["latency_ms"] > 0
     assert c["accuracy_drop"] < 0.1
+    # The recovery training's epochs, for `lhorch report`'s curves.
+    assert len(json.loads((tmp_path / "co" / "report" / "report.json").read_text())["history"]) == 1
 
     for name, model in [("float", root / "ft" / "model"), ("int8", tmp_path / "co" / "model")]:
         out = tmp_path / f"ev-{name}"

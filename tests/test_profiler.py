@@ -15,6 +15,7 @@ import pytest
 from lhorch.orchestrator.core.errors import UsageError
 from lhorch.orchestrator.core.profile import GpuInfo, Measurement, Profile
 from lhorch.orchestrator.machine import microbench as benchmarks
+from lhorch.orchestrator.machine import profiler as profiler_module
 from lhorch.orchestrator.machine.inventory import Inventory, parse_nvidia_smi, take_inventory
 from lhorch.orchestrator.machine.microbench import BenchSettings, ObjectStoreUploader, measure_all, timed_loop
 from lhorch.orchestrator.machine.profiler import PROFILE_ENV, cached_profiles, get_profile, load_profile_file
@@ -30,6 +31,9 @@ TINY = BenchSettings(matmul_n_cpu=128, matmul_n_gpu=256, matmul_seconds=0.05, ma
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     monkeypatch.setenv("LHORCH_HOME", str(tmp_path / "home"))
+    # These tests count measurements on a quiet machine; busy machines have their own tests
+    # (tests/test_profile_capacity.py) with an injected load, so the CI box's own load must not leak in.
+    monkeypatch.setattr(profiler_module, "_load_avg", lambda: 0.0)
     monkeypatch.delenv(PROFILE_ENV, raising=False)
     s = Store()
     yield s

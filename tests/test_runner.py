@@ -171,8 +171,8 @@ def test_missing_declared_output_fails_the_stage(store, write_pipeline, ray_node
     assert "model" in store.attempts(result.run_id, "s")[-1]["error"]
 
 
-def test_resume_reuses_finished_stages_and_reruns_changed_ones(store, write_pipeline, ray_node, tmp_path):
-    count = tmp_path / "count"
+def test_resume_reuses_finished_stages_and_reruns_changed_ones(store, write_pipeline, ray_node, tmp_path_factory):
+    count = tmp_path_factory.mktemp("side") / "count"  # outside the pipeline's folder: not the stages' code
     text = f"""\
         name: resumable
         stages:
@@ -192,9 +192,10 @@ def test_resume_reuses_finished_stages_and_reruns_changed_ones(store, write_pipe
     assert second.status == "succeeded"
     assert second.stages["first"] == "cached"
     assert count.read_text().count("run") == 1
-    # A finished run is not resumed: the next `run` starts afresh.
+    # A finished run is not resumed: the next `run` is a new run, which reuses `first` from the cache.
     third = run_pipeline(store, path, ray_node)
-    assert third.run_id != first.run_id and third.stages["first"] == "succeeded"
+    assert third.run_id != first.run_id and third.stages["first"] == "cached"
+    assert count.read_text().count("run") == 1
 
 
 def test_only_if_changed_skips_an_unchanged_run(store, write_pipeline, ray_node, tmp_path):
@@ -232,8 +233,8 @@ def _ray_heads(home: Path) -> bool:
 
 
 @pytest.mark.slow
-def test_kill_9_then_rerun_resumes_only_unfinished_stages(write_pipeline, home, tmp_path):
-    count = tmp_path / "count"
+def test_kill_9_then_rerun_resumes_only_unfinished_stages(write_pipeline, home, tmp_path_factory):
+    count = tmp_path_factory.mktemp("side") / "count"  # outside the pipeline's folder: not the stages' code
     path = write_pipeline(f"""\
         name: crashy
         stages:

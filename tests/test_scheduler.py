@@ -28,7 +28,6 @@ from lhorch.orchestrator.cli import main
 from lhorch.orchestrator.core.clock import FakeClock
 from lhorch.orchestrator.core.errors import LhorchError
 from lhorch.orchestrator.core.spec import Notify, Promotion
-from lhorch.orchestrator.pipeline.artifacts import pipeline_fingerprint
 from lhorch.orchestrator.pipeline.loader import load_pipeline
 from lhorch.orchestrator.scheduling import schedules as sch
 from lhorch.orchestrator.scheduling.daemon import LaunchRequest, RunResult, Scheduler, acquire_lock, parse_result
@@ -434,21 +433,18 @@ def test_real_scheduler_process_fires_runs_notifies_skips_and_stops_on_sigterm(h
                                 env=env, capture_output=True, text=True, timeout=30)
         assert second.returncode == 2 and "another scheduler is already running" in second.stderr
 
-        # 1. The schedule fires the failing pipeline. Once the run has read its file, fix the file, as if
-        # last night's run of the fixed pipeline had succeeded (recorded with the runner's own fingerprint,
-        # which saves a second Ray start), so every later fire finds nothing changed.
+        # 1. The schedule fires the failing pipeline. Once the run has read its file, fix the file: the
+        # next fire runs the fixed pipeline and keeps its stage in the cache, so every later fire finds
+        # every stage cached, nothing changed (issue 20: --only-if-changed uses the cache keys).
         _wait_for(lambda: store.query("SELECT id FROM runs WHERE trigger='schedule:nightly'"), 60, "a scheduled run")
         f.write_text(textwrap.dedent(pipeline_text.format(command="echo trained")))
-        fixed = load_pipeline(f)
-        store.create_run("nightly-yesterday", fixed.name, fixed, str(f), trigger="schedule:nightly")
-        store.update_run("nightly-yesterday", status="succeeded", fingerprint=pipeline_fingerprint(fixed, f.parent))
 
-        # 2. The failure reaches the webhook; the next fire is skipped by the runner: inputs unchanged.
+        # 2. The failure reaches the webhook; a later fire is skipped by the runner: inputs unchanged.
         # A Ray start takes ~20 s on an idle 2-core machine, minutes on a loaded one: generous but bounded.
         _wait_for(lambda: handler.received, 150, "the failure webhook")
         assert "nightly" in handler.received[0]["text"] and "failed" in handler.received[0]["text"]
         _wait_for(lambda: any(r["detail"] == "inputs unchanged since the last successful run"
-                              for r in sch.schedule_runs(store, "nightly", 500)), 40, "a skipped unchanged run")
+                              for r in sch.schedule_runs(store, "nightly", 500)), 180, "a skipped unchanged run")
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -23,15 +23,18 @@ COMMANDS = {
     "runs": "runs:runs",
     "status": "runs:status",
     "logs": "runs:logs",
+    "report": "report:report",
     "plan": "plan:plan",
     "profile": "profile:profile",
     "cost": "cost:cost",
     "clusters": "cloud:clusters_cmd",
     "down": "cloud:down_cmd",
     "gc": "cloud:gc_cmd",
+    "cloud": "cloud_setup:cloud",
     "schedule": "schedule:schedule",
     "scheduler": "scheduler:scheduler",
     "models": "models:models",
+    "cache": "cache:cache",
 }
 
 

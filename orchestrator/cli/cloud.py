@@ -69,61 +69,90 @@ def live_runs(store: Store) -> set[str]:
 @click.command("clusters")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def clusters_cmd(as_json: bool) -> None:
-    """What lhorch has running in the cloud now, and what it costs per hour."""
+    """What lhorch has running (the local Ray node, cloud clusters), where their Ray dashboards are, and
+    what they cost per hour."""
     store = Store()
-    provider = _provider(store)
-    found = []
-    for region in _regions(store, provider.region):
-        p = provider if region == provider.region else _provider(store, region)
-        found += _aws_call(p.clusters)
+    found = LocalProvider(store.home).clusters()
+    regions: list[str] = []
+    try:
+        provider = _provider(store)
+    except LhorchError as exc:  # no AWS configured: nothing of lhorch's can be running there
+        click.echo(f"AWS skipped: {exc.message}", err=True)
+    else:
+        regions = _regions(store, provider.region)
+        for region in regions:
+            p = provider if region == provider.region else _provider(store, region)
+            found += _aws_call(p.clusters)
     if as_json:
-        click.echo(json.dumps([c.model_dump(mode="json", exclude={"token"}) for c in found], indent=2))
+        # `dashboard`: the Ray dashboard, which also serves the Jobs API (for AWS, through the connector).
+        click.echo(json.dumps([c.model_dump(mode="json", exclude={"token"}) | {"dashboard": c.address}
+                               for c in found], indent=2))
         return
     if not found:
-        click.echo("Nothing running: no lhorch clusters in " + ", ".join(_regions(store, provider.region)) + ".")
+        where = f", no lhorch clusters in {', '.join(regions)}" if regions else ""
+        click.echo(f"Nothing running: no local Ray node{where}.")
         return
-    table = Table("run", "group", "region", "instances", "types", "$/hour", "up since", "expires")
+    table = Table("run", "group", "region", "instances", "types", "$/hour", "up since", "expires", "Ray dashboard")
     for c in found:
-        table.add_row(c.run_id, c.group, c.region or "", str(len(c.instance_ids)),
+        table.add_row(c.run_id or ("(local node)" if c.provider == "local" else ""), c.group or c.name,
+                      c.region or "", str(len(c.instance_ids)),
                       ",".join(c.instance_types), f"{c.price_per_hour:.3f}",
                       c.launched_at.strftime("%Y-%m-%d %H:%M") if c.launched_at else "",
-                      c.expires_at.strftime("%Y-%m-%d %H:%M") if c.expires_at else "")
+                      c.expires_at.strftime("%Y-%m-%d %H:%M") if c.expires_at else "", c.address)
     console().print(table)
     click.echo(f"Total: ${sum(c.price_per_hour for c in found):.3f}/hour")
+
+
+def _confirm_all(all_installs: bool, yes: bool, what: str) -> None:
+    """``--all`` reaches other people's resources in a shared account: ask first, unless ``--yes``."""
+    if all_installs and not yes:
+        click.confirm(f"--all {what} resources of EVERY lhorch installation in this account, not only this "
+                      "one's. Go on?", abort=True)
 
 
 @click.command("down")
 @click.argument("run", required=False)
 @click.option("--local", "local_only", is_flag=True, help="Stop the local Ray node kept by `lhorch run --keep-ray`.")
-def down_cmd(run: str | None, local_only: bool) -> None:
-    """Release the clusters of RUN, or every lhorch cluster when RUN is omitted."""
+@click.option("--all", "all_installs", is_flag=True,
+              help="Also release clusters other lhorch installations started (asks first).")
+@click.option("--yes", is_flag=True, help="Do not ask before --all.")
+def down_cmd(run: str | None, local_only: bool, all_installs: bool, yes: bool) -> None:
+    """Release the clusters of RUN, or every cluster this installation started when RUN is omitted."""
     store = Store()
     if local_only:
         kept = LocalProvider(store.home).clusters()
         LocalProvider(store.home).release(force=True)
         click.echo("stopped the local Ray node" if kept else "No local Ray node is running.")
         return
+    _confirm_all(all_installs, yes, "releases the clusters and")
     provider = _provider(store)
+    released = 0
     for region in _regions(store, provider.region):
         p = provider if region == provider.region else _provider(store, region)
         if run:
             row = store.get_run(run)
-            run_id = row["id"] if row else run
-            runs = [run_id]
+            runs = [row["id"] if row else run]
         else:
-            runs = sorted({c.run_id for c in _aws_call(p.clusters)})
+            runs = _aws_call(p.own_runs, all_installs=all_installs)
         for run_id in runs:
-            names = _aws_call(p.release_run, run_id)
-            for name in names:
+            for name in _aws_call(p.release_run, run_id, all_installs=all_installs):
+                released += 1
                 click.echo(f"released {name} ({region})")
+    if run and not released and not all_installs:
+        click.echo(f"Nothing of {run} was started by this installation of lhorch (`--all` reaches others').")
     click.echo("Done. `lhorch clusters` shows what is still up.")
 
 
 @click.command("gc")
 @click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
-def gc_cmd(dry_run: bool) -> None:
-    """Delete every lhorch-tagged instance, security group, key pair and token parameter that is
-    past its expiry or whose run is no longer live on this host."""
+@click.option("--all", "all_installs", is_flag=True,
+              help="Also collect what other lhorch installations left (asks first).")
+@click.option("--yes", is_flag=True, help="Do not ask before --all.")
+def gc_cmd(dry_run: bool, all_installs: bool, yes: bool) -> None:
+    """Delete every instance, security group, key pair, parameter and node role this installation of
+    lhorch made that is past its expiry or whose run is no longer live on this host."""
+    if not dry_run:
+        _confirm_all(all_installs, yes, "deletes the")
     store = Store()
     live = live_runs(store)
     now = datetime.now(timezone.utc)
@@ -140,7 +169,7 @@ def gc_cmd(dry_run: bool) -> None:
         return
     for region in _regions(store, provider.region):
         p = provider if region == provider.region else _provider(store, region)
-        for line in _aws_call(p.sweep, now, live, dry_run=dry_run):
+        for line in _aws_call(p.sweep, now, live, dry_run=dry_run, all_installs=all_installs):
             total += 1
             click.echo(f"{'would delete' if dry_run else 'deleted'} {line} [{region}]")
     if not total:

@@ -94,6 +94,9 @@ def render(p: Profile, console: Console) -> None:
                   + (f", load avg {load.load_avg_1m:.2f}" if load.load_avg_1m is not None else "")
                   + f", RAM available {load.ram_available_gb:.1f} GB"
                   + (f", GPU free [{gpu_free}] GB" if gpu_free else ""))
+    colour = {"high": "green", "medium": "yellow", "low": "red"}.get(p.confidence, "white")
+    console.print(f"[bold]Confidence: [{colour}]{p.confidence}[/{colour}][/bold]"
+                  + (f" — {p.confidence_reason}" if p.confidence_reason else ""))
     for note in p.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
 

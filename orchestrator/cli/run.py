@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -15,25 +16,32 @@ from lhorch.orchestrator.core.policy_name import PolicyName
 from lhorch.orchestrator.core.status import RunStatus
 from lhorch.orchestrator.execution.pipeline_run import execute
 from lhorch.orchestrator.pipeline.loader import load_pipeline
+from lhorch.orchestrator.report.build import write_report
 from lhorch.orchestrator.state.store import Store
 
+_log = logging.getLogger(__name__)
 _STATUS_COLOUR = {RunStatus.SUCCEEDED: "green", RunStatus.SKIPPED: "cyan"}
 
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @click.option("--resume", "resume", metavar="RUN_ID", help="Resume this run: finished stages are kept.")
-@click.option("--fresh", is_flag=True, help="Start a new run even if the last one did not finish.")
+@click.option("--fresh", is_flag=True,
+              help="Start a new run even if the last one did not finish, and reuse no stage from the cache.")
+@click.option("--new", "new", is_flag=True,
+              help="Start a new run even if the last one did not finish; unchanged stages still come from the cache.")
+@click.option("--no-cache", "no_cache", multiple=True, metavar="STAGE",
+              help="Run this stage even if the cache has it (its dependants too, if its outputs change); repeatable.")
 @click.option("--policy", type=click.Choice([p.value for p in PolicyName]), help="Override the file's policy.")
 @click.option("--keep-ray", is_flag=True, envvar="LHORCH_KEEP_RAY",
               help="Keep the local Ray node up for the next run (saves its start-up).")
 @click.option("--only-if-changed", is_flag=True,
-              help="Record a skipped run when nothing changed since the last successful one.")
+              help="Record a skipped run when every stage would be reused from the cache (nothing changed).")
 @click.option("--trigger", default="manual", hidden=True, help="What started the run (the scheduler sets it).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress or logs; only the summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON line at the end.")
-def run(file: Path | None, resume: str | None, fresh: bool, policy: str | None, keep_ray: bool, only_if_changed: bool,
-        trigger: str, quiet: bool, as_json: bool) -> None:
+def run(file: Path | None, resume: str | None, fresh: bool, new: bool, no_cache: tuple[str, ...], policy: str | None,
+        keep_ray: bool, only_if_changed: bool, trigger: str, quiet: bool, as_json: bool) -> None:
     """Run a pipeline. Re-running after a crash resumes where it stopped."""
     store = Store()
     if file is None:
@@ -54,20 +62,36 @@ def run(file: Path | None, resume: str | None, fresh: bool, policy: str | None, 
     signal.signal(signal.SIGTERM, _term)
     try:
         result = execute(store, pipeline, file, resume=resume, fresh=fresh, policy=policy, keep_ray=keep_ray,
-                         only_if_changed=only_if_changed, trigger=trigger, quiet=quiet or as_json)
+                         only_if_changed=only_if_changed, trigger=trigger, quiet=quiet or as_json, no_cache=no_cache,
+                         new=new)
     except KeyboardInterrupt:
         click.secho("Interrupted: running stages were stopped and clusters released. "
                     "`lhorch run` again (or --resume) continues where it stopped.", fg="yellow", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    report = _write_report(store, result.run_id)  # before the summary, so that --json carries its path too
     if as_json:
         emit_json({"run_id": result.run_id, "status": result.status, "stages": result.stages,
-                   "run_dir": str(result.run_dir), "resumed": result.resumed, "message": result.message})
+                   "run_dir": str(result.run_dir), "resumed": result.resumed, "message": result.message,
+                   "report": str(report) if report else None})
     else:
         _print_summary(store, result.run_id)
+        if report:
+            console().print(f"Report: {report}")
     if result.status == RunStatus.BUDGET_EXCEEDED:
         sys.exit(EXIT_BUDGET)
     if not result.ok:
         sys.exit(EXIT_STAGE_FAILED)
+
+
+def _write_report(store: Store, run_id: str) -> Path | None:
+    """The run's HTML report (a few seconds at most); a report that cannot be written never fails the
+    run: the problem is logged and one warning line printed."""
+    try:
+        return write_report(store, run_id)
+    except Exception as exc:  # noqa: BLE001 - the run's outcome stands whatever the report runs into
+        _log.warning("could not write the report of %s", run_id, exc_info=True)
+        click.echo(f"warning: could not write the report: {exc} (`lhorch report {run_id}` retries)", err=True)
+        return None
 
 
 def _print_summary(store: Store, run_id: str) -> None:

@@ -7,12 +7,10 @@ from rich.table import Table
 
 from lhorch.orchestrator.cli.output import console, emit_json
 from lhorch.orchestrator.core.errors import NotFoundError
-from lhorch.orchestrator.core.graph import topological_order
-from lhorch.orchestrator.core.spec import Pipeline
 from lhorch.orchestrator.core.status import StageStatus
+from lhorch.orchestrator.report.html import duration
+from lhorch.orchestrator.report.view import run_rows, run_view
 from lhorch.orchestrator.state.store import Store
-
-_RUN_KEYS = ("id", "pipeline", "status", "trigger", "created_at", "started_at", "finished_at", "error")
 
 
 @click.command()
@@ -20,17 +18,18 @@ _RUN_KEYS = ("id", "pipeline", "status", "trigger", "created_at", "started_at", 
 @click.option("--limit", default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def runs(pipeline: str | None, limit: int, as_json: bool) -> None:
-    """List recent runs."""
-    rows = Store().list_runs(pipeline, limit)
+    """List recent runs with their duration, cost and headline metric."""
+    rows = run_rows(Store(), pipeline, limit)
     if as_json:
-        emit_json([{k: r[k] for k in _RUN_KEYS} for r in rows])
+        emit_json([r.as_json() for r in rows])
         return
     table = Table(box=None, header_style="bold")
-    for col in ("run", "pipeline", "status", "trigger", "started", "finished"):
-        table.add_column(col)
+    for col in ("run", "pipeline", "status", "trigger", "started", "duration", "cost", "metric"):
+        table.add_column(col, justify="right" if col in ("duration", "cost") else "left")
     for r in rows:
-        table.add_row(r["id"], r["pipeline"], r["status"], r["trigger"], (r["started_at"] or "")[:19],
-                      (r["finished_at"] or "")[:19])
+        metric = f"{r.metric} {r.metric_value:.4f}" if r.metric and r.metric_value is not None else ""
+        table.add_row(r.id, r.pipeline, r.status, r.trigger, (r.started_at or "")[:19].replace("T", " "),
+                      duration(r.seconds), f"${r.actual_usd:.4f}", metric)
     console().print(table if rows else "No runs yet.")
 
 
@@ -38,35 +37,37 @@ def runs(pipeline: str | None, limit: int, as_json: bool) -> None:
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True)
 def status(run_id: str, as_json: bool) -> None:
-    """Show a run and its stages."""
-    store = Store()
-    row = store.get_run(run_id)
-    if row is None:
+    """Show a run and its stages: where each ran, how long, what it cost, its memory peak."""
+    view = run_view(Store(), run_id)
+    if view is None:
         raise NotFoundError(f"no run {run_id!r}", hint="`lhorch runs` lists the runs.")
-    states = store.stage_states(row["id"])
-    spec = Pipeline.model_validate_json(row["spec_json"])
-    stages = []
-    for name in topological_order(spec.stages):
-        a = states.get(name)
-        outputs = [{"name": x["name"], "path": x["path"], "size_bytes": x["size_bytes"], "sha256": x["sha256"]}
-                   for x in store.artifacts(row["id"], name)]
-        stages.append({"stage": name, "status": a["status"] if a else StageStatus.WAITING,
-                       "attempt": a["attempt"] if a else 0, "target": a["target"] if a else None,
-                       "started_at": a["started_at"] if a else None, "finished_at": a["finished_at"] if a else None,
-                       "error": a["error"] if a else None, "outputs": outputs})
+    m = view.money
     if as_json:
-        emit_json({"run_id": row["id"], "pipeline": row["pipeline"], "status": row["status"], "error": row["error"],
-                   "created_at": row["created_at"], "finished_at": row["finished_at"], "stages": stages})
+        emit_json({"run_id": view.id, "pipeline": view.pipeline, "status": view.status, "error": view.error,
+                   "created_at": view.created_at.isoformat() if view.created_at else None,
+                   "finished_at": view.finished_at.isoformat() if view.finished_at else None,
+                   "seconds": view.seconds, "estimate_usd": m.estimate_usd, "actual_usd": m.actual_usd,
+                   "cap_usd": m.cap_usd, "month_to_date_usd": m.month_to_date_usd,
+                   "stages": [s.as_json() for s in view.stages]})
         return
     out = console()
-    out.print(f"Run [bold]{row['id']}[/] ({row['pipeline']}): {row['status']}"
-              + (f" — {row['error']}" if row["error"] else ""))
+    out.print(f"Run [bold]{view.id}[/] ({view.pipeline}): {view.status}" + (f" — {view.error}" if view.error else ""))
+    out.print(f"Duration {duration(view.seconds)}; cost ${m.actual_usd:.4f} (estimated ${m.estimate_usd:.4f}"
+              + (f", cap ${m.cap_usd:.2f}" if m.cap_usd is not None else "") + ")")
     table = Table(box=None, header_style="bold")
-    for col in ("stage", "status", "attempt", "target", "outputs", "error"):
+    for col in ("stage", "status", "attempt", "where", "duration", "planned", "est. $", "actual $", "peak mem",
+                "outputs", "error"):
         table.add_column(col)
-    for s in stages:
-        table.add_row(s["stage"], str(s["status"]), str(s["attempt"]), s["target"] or "",
-                      ", ".join(o["name"] for o in s["outputs"]), s["error"] or "")
+    for s in view.stages:
+        last = s.last
+        peak = "" if not last or last.peak_rss_mb is None else f"{last.peak_rss_mb:,.0f} MB"
+        if last and last.peak_gpu_mb:
+            peak += f" (GPU {last.peak_gpu_mb:,.0f} MB)"
+        table.add_row(s.name, str(s.status), str(last.number if last else 0), s.where,
+                      duration(s.seconds) if last else "",
+                      duration(s.placement.est_seconds) if s.placement else "", f"{s.estimate_usd:.4f}",
+                      f"{s.actual_usd:.4f}", peak, ", ".join(o["name"] for o in s.outputs),
+                      (last.error or "") if last and last.status != "cached" else "")
     out.print(table)
 
 

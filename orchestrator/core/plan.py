@@ -21,7 +21,9 @@ class Offer(_Data):
     instance_type: str = Field("local", description="e.g. g5.xlarge; 'local' for the local node")
     market: Literal["local", "on-demand", "spot", "fixed"] = "local"
     region: str | None = None
+    arch: str = Field("x86_64", description="CPU architecture: x86_64 | arm64 (Graviton)")
     vcpus: float
+    cores: float | None = Field(None, description="Physical cores; None: as many as vcpus.")
     memory_gb: float
     gpus: int = 0
     gpu_model: str | None = None
@@ -46,6 +48,16 @@ class Offer(_Data):
         return self.provider == "local"
 
 
+class Alternative(_Data):
+    """Another place a stage could have run, priced as a whole plan with only that stage moved."""
+
+    target: str = Field(..., description="'local' or 'INSTANCE_TYPE MARKET'")
+    est_seconds: float | None = Field(None, description="The stage's run time there; None when it does not fit.")
+    plan_cost_usd: float | None = Field(None, description="Whole-plan cost with the stage moved there.")
+    plan_seconds: float | None = Field(None, description="Whole-plan time (critical path) with the stage moved there.")
+    lost_because: str = Field(..., description="The deciding factor, in the numbers of the table.")
+
+
 class Placement(_Data):
     stage: str
     target: Literal["local", "cloud"]
@@ -56,7 +68,11 @@ class Placement(_Data):
     est_seconds: float = 0.0
     est_cost_usd: float = 0.0
     reason: str = ""
+    deciding_factor: str = Field("", description="cost | time | fit | budget | deadline | pinned | local-first | "
+                                                      "tie | no-cloud")
     offer: Offer | None = None
+    alternatives: list[Alternative] = Field(default_factory=list,
+                                            description="What else was considered and why each lost, best first.")
 
 
 class Plan(_Data):

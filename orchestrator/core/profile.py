@@ -35,6 +35,10 @@ class Measurement(_Data):
     unit: str
     method: str
     seconds: float = Field(0.0, description="How long the measurement took.")
+    spread: float | None = Field(None, description="(best - worst) / best over the short windows measured; "
+                                                   "small means steady. None for a single window.")
+    cpu_share: float | None = Field(None, description="CPU seconds the benchmark's threads got / (wall seconds x "
+                                                      "threads): below 1 when other work competed. CPU figures only.")
 
 
 class Load(_Data):
@@ -72,6 +76,12 @@ class Profile(_Data):
     thorough: bool = Field(False, description="Measured with the longer --thorough benchmarks.")
     notes: list[str] = Field(default_factory=list,
                              description="Decisions the profiler made, e.g. a precision left out as too slow.")
+    provisional: bool = Field(False, description="Measured while the machine was busy: CPU figures are estimated "
+                                                 "from the share it got, and measured again at the next quiet moment.")
+    measured_load: float | None = Field(None, description="1-minute load average just before measuring.")
+    confidence: str = Field("unknown", description="high | medium | low: how far the figures can be trusted "
+                                                   "as this machine's capacity (see confidence_reason).")
+    confidence_reason: str = ""
 
     def gflops(self, device: str = "cpu", precision: str = "fp32") -> float | None:
         m = self.measured.get(f"matmul_{device}_{precision}")

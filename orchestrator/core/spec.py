@@ -15,8 +15,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 from lhorch.orchestrator.core.durations import parse_duration
 from lhorch.orchestrator.core.policy_name import PolicyName
 
-__all__ = ["Budget", "Cloud", "Duration", "Hints", "Notify", "Pipeline", "PolicyConfig", "PolicyName", "Promotion",
-           "Resources", "Schedule", "Stage"]
+__all__ = ["Budget", "CacheSettings", "Cloud", "Duration", "Hints", "Notify", "Pipeline", "PolicyConfig", "PolicyName",
+           "Promotion", "Resources", "Schedule", "Stage"]
 
 NAME_RE = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
 Placement = Literal["auto", "local", "cloud"]
@@ -67,6 +67,33 @@ class Hints(Model):
     )
 
 
+class CacheSettings(Model):
+    """Which files of the pipeline's folder are a `run:` stage's code, for its cache key (issue 20)."""
+
+    include: list[str] = Field(
+        default_factory=list,
+        description="Globs (relative to the pipeline file's folder, e.g. `src/**/*.py`) of the files that are "
+                    "this stage's code; empty: every file of the folder that is shipped to a cloud node.",
+    )
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="Globs of files in the folder that do not change this stage's results (data it writes, "
+                    "notes); a folder name excludes everything under it.",
+    )
+
+
+def secret_names(names: list[str]) -> list[str]:
+    """A ``secrets:`` list: environment variable names, not lhorch's own, each once."""
+    for name in names:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+            raise ValueError(f"secret {name!r} is not a valid environment variable name")
+        if name.startswith("LHORCH_"):
+            raise ValueError(f"secret {name!r}: names starting with LHORCH_ are set by lhorch")
+    if len(set(names)) != len(names):
+        raise ValueError("a secret is named twice")
+    return names
+
+
 class Stage(Model):
     uses: str | None = Field(None, description="A built-in job, e.g. jobs.finetune. Exactly one of `uses` and `run`.")
     run: str | None = Field(
@@ -98,8 +125,18 @@ class Stage(Model):
         description="Artifact names the stage writes under $LHORCH_OUTPUT_DIR/<name>.",
     )
     env: dict[str, str] = Field(default_factory=dict, description="Environment variables for the stage's process.")
+    secrets: list[str] = Field(
+        default_factory=list,
+        description="Names of environment variables read from the launching machine's environment and given to "
+                    "the stage; their values are masked in logs and never stored by lhorch.")
     hints: Hints = Field(default_factory=Hints, description="Size and time hints for the planner.")
     budget_usd: float | None = Field(None, gt=0, description="Optional cap in USD on this stage's cloud spend.")
+    cache: bool | CacheSettings = Field(
+        True,
+        description="Reuse this stage's outputs from any earlier run with the same cache key (its spec, its "
+                    "inputs' content and its code: for `run:` the folder's files, for `uses:` lhorch's version). "
+                    "`false`: always run it; `{include: [...], exclude: [...]}`: which files are its code.",
+    )
 
 
     @field_validator("needs")
@@ -119,6 +156,11 @@ class Stage(Model):
         if len(set(outputs)) != len(outputs):
             raise ValueError("an output name appears twice")
         return outputs
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names(cls, names: list[str]) -> list[str]:
+        return secret_names(names)
 
     @field_validator("env")
     @classmethod
@@ -290,8 +332,15 @@ class Pipeline(Model):
     deadline: Duration | None = Field(None, description="Latest acceptable finish, from the start of a run (e.g. 4h).")
     cloud: Cloud = Field(default_factory=Cloud, description="Where cloud stages run.")
     env: dict[str, str] = Field(default_factory=dict, description="Environment variables for every stage.")
+    secrets: list[str] = Field(
+        default_factory=list, description="Secrets (see a stage's `secrets`) every stage receives.")
     stages: dict[str, Stage] = Field(..., min_length=1, description="The stages, by name; order comes from `needs`.")
 
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names(cls, names: list[str]) -> list[str]:
+        return secret_names(names)
 
     @field_validator("policy", mode="before")
     @classmethod

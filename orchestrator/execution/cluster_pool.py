@@ -106,6 +106,8 @@ class ClusterPool:
                                               on_error=lambda exc: self.store.event(self.run_id, "cluster",
                                                                                     f"heartbeat failed: {exc}"))
             self.store.event(self.run_id, "cluster", f"acquired {target.key}", address=target.cluster.address)
+            # The Jobs address is the Ray dashboard (through the connector's tunnel for a cloud cluster).
+            self.reporter.info(f"Ray dashboard of {target.key}: {target.cluster.address}")
             if self.on_acquired:
                 self.on_acquired(target.cluster)
         return target.cluster, target.jobs

@@ -26,6 +26,7 @@ from lhorch.orchestrator.core.status import StageStatus
 from lhorch.orchestrator.execution import staging
 from lhorch.orchestrator.execution.logs import LogTail
 from lhorch.orchestrator.execution.ray_jobs import RayJobs
+from lhorch.orchestrator.execution.stage_cache import break_links
 from lhorch.orchestrator.pipeline import artifacts as art
 from lhorch.orchestrator.state.store import Store
 
@@ -87,6 +88,7 @@ class StageLauncher:
                inputs: dict[str, Path]) -> RunningAttempt:
         """Record the attempt, submit it, and mark it running."""
         spec = self.pipeline.stages[stage]
+        secrets = staging.secret_values(self.pipeline, stage)  # a missing one fails before anything starts
         out_dir = art.output_dir(self.run_dir, stage)
         clear_partial_outputs(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -94,6 +96,7 @@ class StageLauncher:
         attempt = self.store.attempt_number(attempt_id)
         env = self.stage_env(stage, inputs, out_dir, cluster)
         env["LHORCH_ATTEMPT"] = str(attempt)
+        env.update(staging.secret_env(self.store, self.run_id, stage, cluster, secrets))
         job_id = f"lhorch-{self.run_id}-{stage}-{attempt}"
         # A distributed job's Ray Train workers take the stage's CPUs and GPUs: its driver reserves none.
         job = find_job(spec.uses) if spec.uses else None
@@ -109,7 +112,7 @@ class StageLauncher:
         self.store.finish_attempt(attempt_id, StageStatus.RUNNING, job_id=job_id, finished_at=None)
         log_path = art.stage_dir(self.run_dir, stage) / f"attempt-{attempt}.log"
         return RunningAttempt(stage, attempt_id, attempt, job_id, jobs, time.monotonic(),
-                              LogTail(stage, job_id, jobs, log_path))
+                              LogTail(stage, job_id, jobs, log_path, secrets=tuple(secrets.values())))
 
     def message(self, stage: str, inputs: dict[str, Path], cluster: Cluster) -> StageMessage:
         """What the stage wrapper runs; on a remote cluster this uploads the inputs."""
@@ -133,15 +136,9 @@ class StageLauncher:
 
     def working_dir_excludes(self) -> list[str]:
         """What not to ship with the pipeline's folder to a remote cluster: data the stages read
-        (it goes through the artifact store) and what is never code."""
-        excludes = [".git", "__pycache__", ".venv", "*.egg-info"]
-        for name in self.pipeline.stages:
-            for path in art.external_paths(self.pipeline, name, self.base_dir):
-                try:
-                    excludes.append("/" + str(path.relative_to(self.base_dir)))
-                except ValueError:
-                    continue  # outside the folder: not shipped anyway
-        return excludes
+        (it goes through the artifact store) and what is never code. The same rule decides which
+        files are a `run:` stage's code in its cache key."""
+        return art.shipped_excludes(self.pipeline, self.base_dir)
 
 
 def clear_partial_outputs(out_dir: Path) -> None:
@@ -150,6 +147,8 @@ def clear_partial_outputs(out_dir: Path) -> None:
         return
     for entry in out_dir.iterdir():
         if entry.name in KEEP_ACROSS_ATTEMPTS:
+            if entry.is_dir():
+                break_links(entry)  # the attempt writes into them: never through a link to a finished run
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)

@@ -6,6 +6,7 @@ writes and shows only the new part. The full text (Ray's own lines included) sta
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -21,6 +22,17 @@ RAY_NOISE = re.compile(r"job_manager\.py:\d+ -- Runtime env is setting up|^Runni
                        r"|^\[lhorch\] stage \S+ starting on ")
 
 
+MASK = "***"
+
+
+def mask(text: str, values: tuple[str, ...] | list[str]) -> str:
+    """``text`` with every secret value replaced by ``***`` (longest first, so one that contains
+    another is masked whole)."""
+    for value in sorted((v for v in values if v), key=len, reverse=True):
+        text = text.replace(value, MASK)
+    return text
+
+
 @dataclass
 class LogTail:
     stage: str
@@ -29,6 +41,9 @@ class LogTail:
     path: Path
     offset: int = 0
     last_poll: float = 0.0
+    # Values of the stage's secrets: masked before a line reaches the file or the screen (the stage
+    # wrapper masks them at the source too; this covers what Ray itself prints).
+    secrets: tuple[str, ...] = ()
 
     def due(self, now: float) -> bool:
         return now - self.last_poll >= LOG_POLL_S
@@ -41,8 +56,9 @@ class LogTail:
         if not new:
             return
         self.offset = len(text)
+        new = mask(new, self.secrets)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
+        with open(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a") as f:
             f.write(new)
         for line in new.splitlines():
             if not RAY_NOISE.search(line):

@@ -1,6 +1,6 @@
 """Open a run: create its row and folder, or reopen the unfinished run it continues.
 
-A run is resumed when asked (``--resume RUN_ID``) or, unless ``--fresh``, when the same pipeline
+A run is resumed when asked (``--resume RUN_ID``) or, unless ``--fresh`` or ``--new``, when the same pipeline
 file has an unfinished run: attempts that were running when its lhorch process ended are marked
 stopped, and what every stage had reached is kept so that the runner can reuse finished stages
 whose cache key still matches.
@@ -16,7 +16,7 @@ from typing import Any
 from lhorch.orchestrator.core.errors import NotFoundError
 from lhorch.orchestrator.core.plan import Plan
 from lhorch.orchestrator.core.spec import Pipeline
-from lhorch.orchestrator.core.status import StageStatus
+from lhorch.orchestrator.core.status import RunStatus, StageStatus
 from lhorch.orchestrator.execution.progress import Reporter
 from lhorch.orchestrator.state.store import Store, new_run_id
 
@@ -28,6 +28,8 @@ class RunOptions:
     trigger: str = "manual"
     only_if_changed: bool = False
     run_id: str | None = None
+    no_cache: tuple[str, ...] = ()  # stages to run even when the cache has them
+    new: bool = False  # a new run, not a resumed one, that still reuses from the cache (--fresh does not)
 
 
 @dataclass
@@ -46,13 +48,22 @@ def open_run(store: Store, pipeline: Pipeline, file: Path | None, plan: Plan, op
         row = store.get_run(options.resume)
         if row is None:
             raise NotFoundError(f"no run {options.resume!r}", hint="`lhorch runs` lists the runs.")
-    elif not options.fresh and file is not None:
+        if row["status"] not in RunStatus.resumable():
+            # A finished run is never modified: a new run reuses its stages through the cache.
+            reporter.info(f"Run {row['id']} is {row['status']}: starting a new run that reuses its stages "
+                          "where nothing changed.")
+            row = None
+    elif not (options.fresh or options.new) and file is not None:
         row = store.latest_unfinished_run(pipeline.name, str(file))
     if row is not None:
         run_id = row["id"]
         store.mark_running_attempts(run_id, StageStatus.STOPPED, "the lhorch process running it ended")
         previous = {name: dict(att) for name, att in store.stage_states(run_id).items()}
         store.event(run_id, "run", "resumed", pid=os.getpid())
+        if row["spec_json"] != pipeline.model_dump_json(by_alias=True):
+            reporter.info("The pipeline file changed since this run started: stages whose cache key changed run "
+                          "again.")
+            store.event(run_id, "run", "resumed with a changed pipeline file")
         done = [n for n, a in previous.items() if a["status"] in StageStatus.done()]
         reporter.info(f"Resuming run {run_id}: {len(done)} of {len(pipeline.stages)} stage(s) finished before.")
         return OpenedRun(run_id, store.runs_dir(run_id), resumed=True, previous=previous)
@@ -63,7 +74,3 @@ def open_run(store: Store, pipeline: Pipeline, file: Path | None, plan: Plan, op
     reporter.info(f"Run {run_id}")
     return OpenedRun(run_id, run_dir, resumed=False)
 
-
-def unchanged_since_last_success(store: Store, pipeline: Pipeline, run_id: str, fingerprint: str) -> bool:
-    """True when the last successful run of this pipeline had the same inputs (``--only-if-changed``)."""
-    return store.last_succeeded_fingerprint(pipeline.name, other_than=run_id) == fingerprint

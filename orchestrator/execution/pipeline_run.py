@@ -12,6 +12,7 @@ from pathlib import Path
 from lhorch.orchestrator.budget.caps import check_plan, monthly_allows_cloud
 from lhorch.orchestrator.budget.guard import BudgetGuard, month_spent
 from lhorch.orchestrator.core.clock import SystemClock
+from lhorch.orchestrator.core.errors import UsageError
 from lhorch.orchestrator.core.graph import topological_order
 from lhorch.orchestrator.core.plan import Plan
 from lhorch.orchestrator.core.profile import Profile
@@ -54,7 +55,12 @@ def check_budget(pipeline: Pipeline, plan: Plan, spent: float) -> None:
 
 def execute(store: Store, pipeline: Pipeline, file: Path, *, resume: str | None = None, fresh: bool = False,
             policy: str | None = None, keep_ray: bool = False, only_if_changed: bool = False, trigger: str = "manual",
-            quiet: bool = False, reporter: Reporter | None = None) -> RunResult:
+            quiet: bool = False, reporter: Reporter | None = None, no_cache: tuple[str, ...] = (),
+            new: bool = False) -> RunResult:
+    unknown = sorted(set(no_cache) - set(pipeline.stages))
+    if unknown:
+        raise UsageError(f"--no-cache {', '.join(unknown)}: no such stage in {pipeline.name}",
+                         hint=f"Its stages: {', '.join(pipeline.stages)}.")
     clock = SystemClock()
     spent = month_spent(store, pipeline, clock)
     # A pipeline whose month is spent runs what it can locally and launches no cloud work.
@@ -69,7 +75,8 @@ def execute(store: Store, pipeline: Pipeline, file: Path, *, resume: str | None 
     guard = BudgetGuard(store, pipeline, month_spent=spent, clock=clock,
                         on_alert=lambda used, cap: reporter.info(f"[yellow]budget: ${used:.2f} of ${cap:.2f} spent[/]"))
     try:
-        options = RunOptions(fresh=fresh, resume=resume, trigger=trigger, only_if_changed=only_if_changed)
+        options = RunOptions(fresh=fresh, resume=resume, trigger=trigger, only_if_changed=only_if_changed,
+                             no_cache=tuple(no_cache), new=new)
         runner = Runner(store, pipeline, file, providers=providers, plan=plan, reporter=reporter,
                         machine=profile.fingerprint, guard=guard, options=options)
         return runner.run()

@@ -1,4 +1,5 @@
-"""What a finished attempt leaves in the store: its usage, its outputs' digests, the stage's history.
+"""What a finished attempt leaves in the store: its usage and the stage's history (its outputs are
+recorded, and kept in the stage cache, by reuse.py).
 
 The usage file is written by the stage wrapper beside the outputs (wall time, peak memory, exit
 code); the history row is what later estimates learn from (lhorch.orchestrator.state.history).
@@ -36,13 +37,6 @@ class Recorder:
 
     def __init__(self, store: Store, pipeline: Pipeline, plan: Plan, run_id: str, machine: str):
         self.store, self.pipeline, self.plan, self.run_id, self.machine = store, pipeline, plan, run_id, machine
-
-    def outputs(self, stage: str, out_dir: Path) -> None:
-        for name in art.declared_outputs(self.pipeline.stages[stage]):
-            path = out_dir / name
-            if path.exists():
-                digest, size = art.sha256_path(path)
-                self.store.record_artifact(self.run_id, stage, name, path, digest, size)
 
     def history(self, stage: str, usage: dict[str, Any], wall: float, *, local: bool) -> None:
         """One observation of the stage: on the local machine it is keyed by the machine's profile

@@ -12,7 +12,8 @@ kept, the rest run again.
 This module is the loop and its entry point; each part it drives has a module of its own:
 - opening.py: create the run, or reopen the one being resumed (RunOptions);
 - cluster_pool.py: the run's clusters: targets from the plan, acquire, release, loss, heartbeats;
-- launch.py: one attempt of a stage: inputs, cache reuse, output folder, environment, submit;
+- launch.py: one attempt of a stage: inputs, reuse within a resumed run, output folder, environment, submit;
+- reuse.py, stage_cache.py: cache keys and reuse across runs, through a content-addressed store;
 - logs.py: follow a running attempt's log into its file and onto the terminal;
 - outcome.py: what an ended attempt means (succeeded, stopped, retry, failed), as pure functions;
 - recording.py: what a finished attempt leaves in the store (usage, outputs, history).
@@ -37,10 +38,11 @@ from lhorch.orchestrator.core.status import JobStatus, RunStatus, StageStatus
 from lhorch.orchestrator.execution import staging
 from lhorch.orchestrator.execution.cluster_pool import ClusterPool, Target
 from lhorch.orchestrator.execution.launch import RunningAttempt, StageLauncher
-from lhorch.orchestrator.execution.opening import RunOptions, open_run, unchanged_since_last_success
+from lhorch.orchestrator.execution.opening import RunOptions, open_run
 from lhorch.orchestrator.execution.outcome import Decision, blocked, decide, past_backstop, ready, run_status
 from lhorch.orchestrator.execution.progress import RETRYING, QuietReporter, Reporter
 from lhorch.orchestrator.execution.recording import Recorder, missing_outputs, read_usage
+from lhorch.orchestrator.execution.reuse import StageReuse
 from lhorch.orchestrator.pipeline import artifacts as art
 from lhorch.orchestrator.state.store import Store, utcnow
 from lhorch.providers.base import Provider
@@ -98,6 +100,7 @@ class Runner:
         self.run_dir = Path()
         self.stop_requested = False
         self._previous: dict[str, dict] = {}
+        self._keys: dict[str, str] = {}  # stage → the cache key of its current attempt
         self.hard_stop_at = hard_stop_at
         self.guard = guard
         self.heartbeat_seconds = heartbeat_seconds
@@ -110,9 +113,12 @@ class Runner:
                                 heartbeat_seconds=self.heartbeat_seconds, on_acquired=self.on_cluster_acquired)
         self.launcher = StageLauncher(self.store, self.pipeline, self.run_id, self.run_dir, self.base_dir)
         self.recorder = Recorder(self.store, self.pipeline, self.plan, self.run_id, self.machine)
+        self.reuse = StageReuse(self.store, self.pipeline, self.base_dir, self.file, fresh=self.options.fresh,
+                                no_cache=self.options.no_cache)
         fingerprint = art.pipeline_fingerprint(self.pipeline, self.base_dir)
+        # Skipped only when every stage would be reused: the same keys as the run itself uses.
         if (self.options.only_if_changed and not opened.resumed
-                and unchanged_since_last_success(self.store, self.pipeline, self.run_id, fingerprint)):
+                and self.reuse.all_cached(self.order, self.run_dir)):
             self.store.update_run(self.run_id, status=RunStatus.SKIPPED, fingerprint=fingerprint, started_at=utcnow(),
                                   finished_at=utcnow(), error="inputs unchanged since the last successful run")
             self.reporter.info("Nothing changed since the last successful run: skipped.")
@@ -185,10 +191,16 @@ class Runner:
 
     def _start(self, stage: str) -> None:
         inputs, hashes = self.launcher.inputs(stage)
-        key = art.cache_key(self.pipeline, stage, hashes)
-        if self.launcher.reusable(stage, key, self._previous.get(stage)):
+        key = self._keys[stage] = self.reuse.key(stage, hashes)
+        if self.reuse.enabled(stage) and self.launcher.reusable(stage, key, self._previous.get(stage)):
             self.store.record_cached(self.run_id, stage, key, "finished in an earlier attempt of this run")
             self._set(stage, StageStatus.CACHED, "kept from before")
+            self.pool.stage_done(stage)
+            return
+        entry = self.reuse.find(stage, key)
+        # No cluster is acquired for a cached stage: a run that is all cached starts nothing.
+        if entry is not None and self.reuse.restore(self.run_id, stage, entry, art.output_dir(self.run_dir, stage)):
+            self._set(stage, StageStatus.CACHED, f"from run {entry.run_id}")
             self.pool.stage_done(stage)
             return
         target = self.pool.target_of(stage)
@@ -243,7 +255,7 @@ class Runner:
                          retries=self.pipeline.stages[stage].retries)
         fields = {"exit_code": exit_code, "peak_rss_mb": usage.get("peak_rss_mb"), "error": outcome.error}
         if outcome.decision is Decision.SUCCEEDED:
-            self.recorder.outputs(stage, out_dir)
+            self.reuse.keep(self.run_id, stage, self._keys[stage], out_dir)
         self.store.finish_attempt(run.attempt_id, outcome.attempt_status, **fields)
         if outcome.decision is Decision.SUCCEEDED:
             self.recorder.history(stage, usage, time.monotonic() - run.started,

@@ -23,11 +23,44 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from lhorch.orchestrator.core.stage_message import ENV_VAR, EXIT_TIMEOUT, USAGE_FILE, RemoteArtifacts, StageMessage
-from lhorch.providers.transfer import store_for_uri
+from lhorch.providers.transfer import read_secrets, store_for_uri
+
+# Set by lhorch.orchestrator.execution.staging.secret_env (which this module cannot import: it runs on bare nodes).
+SECRET_NAMES_VAR = "LHORCH_SECRET_NAMES"
+SECRETS_URI_VAR = "LHORCH_SECRETS_URI"
+SECRETS_FILE_VAR = "LHORCH_SECRETS_FILE"
+
+
+def _secrets(env: dict[str, str]) -> list[str]:
+    """Bring the stage's secrets into ``env`` (from SSM on a cloud node, from a private file the runner
+    wrote on this machine) and return their values, to mask."""
+    uri = env.pop(SECRETS_URI_VAR, None)
+    if uri:
+        env.update(read_secrets(uri))
+    path = env.pop(SECRETS_FILE_VAR, None)
+    if path:  # on this machine: a 0600 file the runner wrote for this attempt alone
+        try:
+            env.update(json.loads(Path(path).read_text()))
+        finally:
+            Path(path).unlink(missing_ok=True)
+    names = [n for n in env.pop(SECRET_NAMES_VAR, "").split(",") if n]
+    return [env[n] for n in names if env.get(n)]
+
+
+def _pump_masked(stream, values: list[str]) -> None:
+    """Copy the child's output to ours line by line with every secret value replaced by ``***``."""
+    masks = [(v.encode(), b"***") for v in sorted(values, key=len, reverse=True)]
+    out = sys.stdout.buffer
+    for line in iter(stream.readline, b""):
+        for value, mask in masks:
+            line = line.replace(value, mask)
+        out.write(line)
+        out.flush()
 
 
 def _fetch_inputs(remote: RemoteArtifacts, scratch: Path) -> dict[str, str]:
@@ -53,8 +86,11 @@ def _send_outputs(remote: RemoteArtifacts, out_dir: Path) -> None:
 
 
 def main() -> int:
+    # What the stage writes (outputs, logs, checkpoints) is for this user only (issue 15).
+    os.umask(0o077)
     message = StageMessage.model_validate_json(os.environ[ENV_VAR])
     env = dict(os.environ)
+    secret_values = _secrets(env)
     scratch: Path | None = None
     if message.remote is not None:
         scratch = Path(tempfile.mkdtemp(prefix="lhorch-stage-"))
@@ -79,7 +115,13 @@ def main() -> int:
         cwd = None
     started = time.monotonic()
     print(f"[lhorch] stage {env.get('LHORCH_STAGE')} starting on {os.uname().nodename}", flush=True)
-    child = subprocess.Popen(argv, shell=shell, env=env, cwd=cwd, executable="/bin/bash" if shell else None)
+    piped = subprocess.PIPE if secret_values else None
+    child = subprocess.Popen(argv, shell=shell, env=env, cwd=cwd, executable="/bin/bash" if shell else None,
+                             stdout=piped, stderr=subprocess.STDOUT if piped else None)
+    pump = None
+    if child.stdout is not None:
+        pump = threading.Thread(target=_pump_masked, args=(child.stdout, secret_values), daemon=True)
+        pump.start()
 
     def _forward(signum: int, frame: object) -> None:  # noqa: ARG001
         if child.poll() is None:
@@ -99,6 +141,8 @@ def main() -> int:
             child.kill()
             child.wait()
         code = EXIT_TIMEOUT
+    if pump is not None:
+        pump.join(timeout=10)
     wall = time.monotonic() - started
     # ru_maxrss is KiB on Linux, bytes on macOS.
     maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss

@@ -7,15 +7,25 @@ node side of this (fetch inputs, send outputs) is in lhorch.orchestrator.executi
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from pathlib import Path
 
 from lhorch.orchestrator.core.cluster import Cluster
-from lhorch.orchestrator.core.errors import LhorchError
+from lhorch.orchestrator.core.errors import LhorchError, UsageError
 from lhorch.orchestrator.core.spec import Pipeline
 from lhorch.orchestrator.core.stage_message import RemoteArtifacts
 from lhorch.orchestrator.pipeline import artifacts as art
 from lhorch.orchestrator.state.store import Store
-from lhorch.providers.transfer import artifact_uri, store_for_uri
+from lhorch.providers.aws.names import TAG_EXPIRES, TAG_GROUP, TAG_HOST, TAG_INSTALL, TAG_RUN, iso
+from lhorch.providers.transfer import artifact_uri, secrets_uri, store_for_uri, write_secrets
+
+# What the stage wrapper reads: the names of the stage's secrets (to mask them), and on an AWS cluster
+# where their values are (an SSM SecureString) instead of the values themselves.
+SECRET_NAMES_VAR = "LHORCH_SECRET_NAMES"
+SECRETS_URI_VAR = "LHORCH_SECRETS_URI"
+SECRETS_FILE_VAR = "LHORCH_SECRETS_FILE"
 
 
 def _artifacts_base(cluster: Cluster) -> str:
@@ -52,3 +62,42 @@ def fetch_outputs(store: Store, run_id: str, stage: str, cluster: Cluster, out_d
     uri = outputs_uri(cluster, run_id, stage)
     store.event(run_id, "transfer", "download outputs", stage=stage, uri=uri)
     store_for_uri(uri).get(uri, out_dir)
+
+
+def secret_values(pipeline: Pipeline, stage: str) -> dict[str, str]:
+    """The stage's secrets (its own and the pipeline's), read from this machine's environment now;
+    the values live only in memory and in what the stage is given (issue 15)."""
+    names = list(dict.fromkeys([*pipeline.secrets, *pipeline.stages[stage].secrets]))
+    missing = [n for n in names if n not in os.environ]
+    if missing:
+        raise UsageError(f"stage {stage}: secret {', '.join(missing)} is not set in this environment",
+                         hint="Export it before `lhorch run` (a secret is never read from the pipeline file).")
+    return {n: os.environ[n] for n in names}
+
+
+def secret_env(store: Store, run_id: str, stage: str, cluster: Cluster, values: dict[str, str]) -> dict[str, str]:
+    """The environment that brings the stage its secrets. On this machine and on an AWS cluster only
+    where to read them (a private file; a per-run SecureString deleted with the cluster), so the values
+    never sit in Ray's job table or its logs; to a Ray cluster of the user's, the values themselves,
+    over HTTPS or a tunnel."""
+    if not values:
+        return {}
+    env = {SECRET_NAMES_VAR: ",".join(values)}
+    if not cluster.remote:
+        # Not through Ray's job environment, which Ray's runtime-env agent writes to its log: a file only
+        # this user can read (mkstemp: 0600, a name nobody can guess), which the wrapper deletes on reading.
+        fd, path = tempfile.mkstemp(prefix="lhorch-secrets-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(values, f)
+        return {**env, SECRETS_FILE_VAR: path}
+    if cluster.provider != "aws" or not cluster.region:
+        return {**env, **values}  # a Ray cluster of the user's: over HTTPS or a tunnel (ray_cluster.py)
+    uri = secrets_uri(cluster.region, run_id, cluster.group, stage)
+    tags = {TAG_RUN: run_id, TAG_GROUP: cluster.group, TAG_INSTALL: store.install_id}
+    if cluster.host:
+        tags[TAG_HOST] = cluster.host
+    if cluster.expires_at:
+        tags[TAG_EXPIRES] = iso(cluster.expires_at)
+    store.event(run_id, "secrets", f"stage secrets {', '.join(values)} stored for the node", stage=stage, uri=uri)
+    write_secrets(uri, values, tags)
+    return {**env, SECRETS_URI_VAR: uri}

@@ -16,6 +16,12 @@
    - they are thorough when ``thorough=True`` is asked for.
    ``refresh=True`` measures again. ``source`` is ``"live"`` when just measured, ``"cache"`` when
    reused. Several hardware fingerprints keep their own rows (a laptop with and without its eGPU).
+4. The figures stand for *capacity*, not for how busy the machine was when measured (issue 21: one
+   busy measurement sent a pipeline to the cloud for a week). Each matmul is the best of several
+   short windows; a re-measurement within the TTL keeps the best figure per key; a measurement
+   taken while the machine is busy (load average >= half the logical cores) is *provisional*: its
+   CPU figures are scaled by the share of the CPU the benchmark could get, it never replaces quiet
+   figures, and it is measured again at the next quiet call.
 """
 
 from __future__ import annotations
@@ -39,11 +45,15 @@ from lhorch.orchestrator.machine.microbench import (
     measure_all,
     try_upload_bandwidth,
 )
-from lhorch.orchestrator.state import profiles
+from lhorch.orchestrator.state import history, profiles
 from lhorch.orchestrator.state.store import Store, utcnow
 
 PROFILE_ENV = "LHORCH_PROFILE"
 DEFAULT_TTL = timedelta(days=7)
+BUSY_LOAD_SHARE = 0.5  # load average >= this x logical cores: the machine is busy
+MAX_BUSY_CORRECTION = 4.0  # a benchmark that got less than a quarter of the CPU says too little to scale
+# Figures that compete with other processes for the CPU (GPU kernels do not).
+_CPU_BOUND = ("matmul_cpu_", "mem_bandwidth")
 
 
 class Measure(Protocol):
@@ -93,12 +103,14 @@ def get_profile(
     inventory: Callable[[Path], Inventory] = take_inventory,
     env: Mapping[str, str] | None = None,
     cpu_interval: float = 0.1,
+    load_avg: Callable[[], float | None] | None = None,
 ) -> Profile:
     """This machine's Profile (see the module docstring for files, caching and invalidation).
 
     ``uploader``: where to measure upload bandwidth (``measured["upload"]``, MB/s); without one the
     figure comes from the cache or is absent. ``measure``, ``inventory``, ``clock`` and ``env`` are
-    injectable for tests."""
+    injectable for tests; ``load_avg`` gives the 1-minute load average before measuring (default:
+    the OS's)."""
     env = os.environ if env is None else env
     file = profile_file or env.get(PROFILE_ENV)
     if file:
@@ -107,20 +119,41 @@ def get_profile(
     inv = inventory(store.home)
     fp = fingerprint(inv)
     now = clock()
-    cached = None if refresh else _read_cache(store, fp)
-    if cached is not None and not _still_valid(cached, inv, now=now, ttl=ttl, thorough=thorough):
-        cached = None
+    load = (load_avg or _load_avg)()
+    busy = load is not None and load >= BUSY_LOAD_SHARE * inv.logical_cores
+    previous = _read_cache(store, fp)
+    if previous is not None and not _still_valid(previous, inv, now=now, ttl=ttl, thorough=thorough):
+        previous = None
+    # A provisional (busy) cache is good enough while the machine stays busy; quiet, measure again.
+    cached = None if refresh or (previous is not None and previous.provisional and not busy) else previous
 
+    provisional = False
     if cached is None:
         settings = THOROUGH if thorough else QUICK
-        busy = _busy_note(inv)
         measured, notes = measure(inv.gpus, disk_dir=store.home, settings=settings, uploader=uploader)
-        notes = [*notes, busy] if busy else notes
-        measured_at, source, was_thorough = now, "live", thorough
+        measured_at, source, was_thorough, provisional = now, "live", thorough, busy
+        if busy:
+            assert load is not None
+            measured = _capacity_from_busy(measured, load=load, cores=inv.logical_cores)
+            notes = [*notes, _busy_note(load, inv.logical_cores)]
+        kept: list[str] = []
+        if previous is not None and provisional and not previous.provisional:
+            # Quiet figures are the truth; a busy estimate only adds what they lack.
+            kept = sorted(set(previous.measured) & set(measured))
+            measured, provisional = {**measured, **previous.measured}, False
+            measured_at, was_thorough = previous.measured_at, previous.thorough  # the truth ages from then
+        elif previous is not None and previous.provisional == provisional:
+            # Several measurements of the same machine in the same state: the best of each is its
+            # capacity. (A busy cache never survives a quiet measurement: it is not merged.)
+            measured, kept = _best_of(previous.measured, measured)
+        if kept and previous is not None:
+            notes = [*notes, f"kept the earlier figure for {', '.join(kept)} "
+                             f"(measured {previous.measured_at:%Y-%m-%d %H:%M}): it is higher or was quiet"]
         dirty = True
     else:
         measured, notes = dict(cached.measured), list(cached.notes)
         measured_at, source, was_thorough = cached.measured_at, "cache", cached.thorough
+        provisional, load = cached.provisional, cached.measured_load
         dirty = False
         if uploader is not None and "upload" not in measured:
             # The first time a cloud endpoint is given: measure just that and keep it.
@@ -130,6 +163,8 @@ def get_profile(
                 notes = [n for n in notes if not n.startswith("upload not measured")]  # stale failure
             else:
                 notes.append(note)
+    runs = history.runs_on(store, fp)
+    level, why = confidence(measured, provisional=provisional, thorough=was_thorough, history_runs=runs)
 
     profile = Profile(
         hostname=inv.hostname, os=inv.os, cpu_model=inv.cpu_model,
@@ -140,23 +175,77 @@ def get_profile(
         torch_version=inv.torch_version, measured=measured,
         load=current_load(inv.gpus, cpu_interval=cpu_interval, now=clock),
         fingerprint=fp, measured_at=measured_at, source=source, thorough=was_thorough,
-        notes=[*inv.notes, *notes],
+        notes=[*inv.notes, *notes], provisional=provisional,
+        measured_load=None if load is None else round(load, 2), confidence=level, confidence_reason=why,
     )
     if dirty:
         _write_cache(store, profile, inventory_notes=inv.notes)
     return profile
 
 
-def _busy_note(inv: Inventory) -> str | None:
-    """Figures measured on a busy machine are low and get cached for days: say so where it shows."""
+def _load_avg() -> float | None:
     try:
-        load = os.getloadavg()[0]
+        return os.getloadavg()[0]
     except (OSError, AttributeError):
-        return None
-    if load < 0.5 * inv.logical_cores:
-        return None
-    return (f"measured while busy (load average {load:.1f} on {inv.logical_cores} logical cores): figures may be "
-            f"low; run `lhorch profile --refresh` when the machine is idle")
+        return None  # Windows has no load average: treated as quiet
+
+
+def _busy_note(load: float, cores: int) -> str:
+    return (f"measured while busy (load average {load:.1f} on {cores} logical cores): CPU figures are estimated "
+            f"from the share the benchmark got, not cached as the machine's capacity, and measured again at the "
+            f"next quiet `lhorch profile` or plan")
+
+
+def _capacity_from_busy(measured: dict[str, Measurement], *, load: float, cores: int) -> dict[str, Measurement]:
+    """CPU figures scaled to the whole machine: by the share of the CPU the benchmark's threads got
+    (``cpu_share``, from the process's CPU time) where measured; otherwise from the load: with
+    ``load`` other runnable threads on ``cores`` logical cores, one thread per core gets about
+    cores / (cores + load) of them (the scheduler shares fairly)."""
+    by_load = min(MAX_BUSY_CORRECTION, (cores + load) / max(cores, 1))
+    out = dict(measured)
+    for key, m in measured.items():
+        if not key.startswith(_CPU_BOUND):
+            continue
+        if m.cpu_share:  # measured directly: the CPU time the benchmark's threads really got
+            factor = min(MAX_BUSY_CORRECTION, 1.0 / m.cpu_share)
+            why = f"it got {m.cpu_share:.0%} of the CPU"
+        else:
+            factor, why = by_load, f"load {load:.1f} on {cores} cores"
+        out[key] = m.model_copy(update={
+            "value": round(m.value * factor, 2),
+            "method": f"{m.method}; measured {m.value:g} while busy, x{factor:.2f} because {why} (estimated capacity)"})
+    return out
+
+
+def _best_of(old: Mapping[str, Measurement], new: Mapping[str, Measurement]) -> tuple[dict[str, Measurement],
+                                                                                     list[str]]:
+    """Per key the higher figure (every figure is a throughput: more is better); which old ones won."""
+    out, kept = dict(new), []
+    for key, m in old.items():
+        if key not in out:
+            out[key] = m
+        elif m.value > out[key].value:
+            out[key], kept = m, [*kept, key]
+    return out, kept
+
+
+def confidence(measured: Mapping[str, Measurement], *, provisional: bool, thorough: bool,
+               history_runs: int) -> tuple[str, str]:
+    """How far the figures stand for this machine's capacity: (high | medium | low, why)."""
+    if history_runs:
+        return "high", (f"{history_runs} recorded stage run(s) on this machine: the planner uses their times for "
+                        f"those stages and the benchmarks only for the others")
+    cpu = measured.get("matmul_cpu_fp32")
+    if cpu is None:
+        return "low", "no CPU matmul figure: the planner assumes a typical laptop"
+    if provisional:
+        return "low", "measured while busy: CPU figures are estimates, measured again at the next quiet moment"
+    spread = cpu.spread
+    if spread is not None and spread > 0.25:
+        return "medium", f"the CPU matmul windows disagreed by {spread:.0%}: something else ran meanwhile"
+    if thorough or (spread is not None and spread <= 0.1):
+        return "high", "quiet measurement, steady windows" + (" (thorough)" if thorough else "")
+    return "medium", "quick measurement; no stage has run here yet (history outweighs benchmarks once it exists)"
 
 
 def _still_valid(cached: Profile, inv: Inventory, *, now: datetime, ttl: timedelta, thorough: bool) -> bool:
@@ -181,5 +270,5 @@ def cached_profiles(store: Store) -> list[tuple[str, datetime | None]]:
     return profiles.cached(store)
 
 
-__all__ = ["DEFAULT_TTL", "PROFILE_ENV", "Measure", "cached_profiles", "dump_profile_json", "get_profile",
+__all__ = ["DEFAULT_TTL", "confidence", "PROFILE_ENV", "Measure", "cached_profiles", "dump_profile_json", "get_profile",
            "load_profile_file"]

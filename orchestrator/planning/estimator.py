@@ -37,6 +37,11 @@ DEFAULT_UPLOAD_MBPS = 10.0  # home/office uplink when the profiler has not measu
 DOWNLOAD_OVER_UPLOAD = 4.0  # downlinks are usually this much faster than uplinks
 CLOUD_COPY_MBPS = 200.0  # cluster -> S3 -> cluster in one region
 CLOUD_MEMORY_USABLE = 0.9  # OS, Ray and the object store take the rest of an instance's RAM
+# A CPU stage is mostly Python, pandas, tokenizers: scalar code that gains nothing from the server
+# vector units the matmul figures measure, and a laptop or desktop core turbos higher than a cloud
+# vCPU's. So a cloud core counts as no faster than a local one: what the cloud sells a CPU stage is
+# more cores (issue 21: a laptop's 1-CPU preprocessing went to the cloud as "3.9x faster").
+SCALAR_SPEEDUP_CAP = 1.0
 LOCAL = "local"
 
 # Sustained best-precision matmul GFLOP/s per GPU for names that hints and profiles use; the
@@ -91,7 +96,7 @@ def local_offer(profile: Profile, electricity_usd_per_hour: float = 0.0) -> Offe
     up = upload.value if upload else DEFAULT_UPLOAD_MBPS
     return Offer(
         provider="local", instance_type="local", market="local",
-        vcpus=profile.logical_cores, memory_gb=profile.ram_available_gb,
+        vcpus=profile.logical_cores, cores=profile.physical_cores, memory_gb=profile.ram_available_gb,
         gpus=gpu_count, gpu_model=gpu_model, gpu_memory_gb=gpu_memory,
         price_per_hour=electricity_usd_per_hour,
         gflops_fp32=profile.gflops("cpu", "fp32") or DEFAULT_CPU_GFLOPS,
@@ -99,6 +104,14 @@ def local_offer(profile: Profile, electricity_usd_per_hour: float = 0.0) -> Offe
         upload_mbps=up, download_mbps=download.value if download else up * DOWNLOAD_OVER_UPLOAD,
         price_source="fixed",
     )
+
+
+def _cores(offer: Offer) -> float:
+    return max(offer.cores or offer.vcpus, 1.0)
+
+
+def _per_core(offer: Offer) -> float:
+    return (offer.gflops_fp32 or DEFAULT_CPU_GFLOPS) / _cores(offer)
 
 
 def _machine(offer: Offer) -> str:
@@ -116,12 +129,14 @@ class Estimator:
     disk_free_gb: float | None = None
     _local: Offer = field(init=False)
     _work: dict[str, tuple[float | None, dict[str, float], str]] = field(init=False, default_factory=dict)
+    _throughput: dict[tuple, float | None] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         local = [o for o in self.offers if o.is_local]
         self._local = local[0] if local else local_offer(self.profile)
         self._by_machine = {_machine(o): o for o in self.offers}
         self._by_machine.setdefault(LOCAL, self._local)
+        self._local_per_core = _per_core(self._local)
         if self.disk_free_gb is None:
             self.disk_free_gb = self.profile.disk_free_gb
         up = self._local.upload_mbps or DEFAULT_UPLOAD_MBPS
@@ -151,13 +166,24 @@ class Estimator:
     def throughput(self, stage: Stage, offer: Offer) -> float | None:
         """Effective GFLOP/s of ``offer`` for ``stage``'s device kind; None if it has no such device."""
         r = stage.resources
+        memo = (r.gpus, r.cpus, offer.key, offer.gpu_gflops, offer.gflops_fp32)  # planning asks ~10^5 times
+        if memo in self._throughput:
+            return self._throughput[memo]
+        self._throughput[memo] = value = self._throughput_of(stage, offer)
+        return value
+
+    def _throughput_of(self, stage: Stage, offer: Offer) -> float | None:
+        r = stage.resources
         if r.gpus > 0:
             if not offer.gpus:
                 return None
             per_gpu = offer.gpu_gflops or gpu_reference_gflops(offer.gpu_model) or DEFAULT_GPU_GFLOPS
             return per_gpu * min(r.gpus, offer.gpus)
-        node = offer.gflops_fp32 or DEFAULT_CPU_GFLOPS
-        return node / max(offer.vcpus, 1.0) * min(r.cpus, max(offer.vcpus, 1.0))
+        per_core = _per_core(offer)
+        if not offer.is_local:
+            per_core = min(per_core, SCALAR_SPEEDUP_CAP * self._local_per_core)
+        # Threads beyond the physical cores (hyperthreads) add little to a stage's speed.
+        return per_core * min(r.cpus, _cores(offer))
 
     def _observed(self, name: str) -> Mapping[str, Sequence[float]]:
         obs = self.observations
@@ -253,6 +279,13 @@ class Estimator:
         """Expected run time: clean time plus, for spot, the expected cost of interruptions."""
         clean = self.clean_run_seconds(name, stage, offer)
         return clean + self.interruption_seconds(stage, offer, clean)
+
+    def signature(self, name: str, stage: Stage) -> str | None:
+        """A key equal for stages whose every estimate is equal; None when the stage has history
+        (or observed output sizes) of its own."""
+        if self._observed(name) or name in self.observed_output_gb:
+            return None
+        return stage.model_dump_json(include={"resources", "hints", "placement", "budget_usd"})
 
     def basis(self, name: str, stage: Stage) -> str:
         return self._stage_work(name, stage)[2]

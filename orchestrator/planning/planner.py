@@ -9,14 +9,17 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterable
 
-from lhorch.orchestrator.core.errors import BudgetError, InfeasibleError
-from lhorch.orchestrator.core.plan import Offer, Plan
+from lhorch.orchestrator.core.errors import BudgetError, InfeasibleError, UsageError
+from lhorch.orchestrator.core.plan import Alternative, Offer, Plan
 from lhorch.orchestrator.core.profile import Profile
 from lhorch.orchestrator.core.spec import Pipeline
 from lhorch.orchestrator.planning.estimator import DEFAULT_GPU_GFLOPS, Estimator, Observations, local_offer
 from lhorch.orchestrator.state.history import observed
 from lhorch.orchestrator.state.store import Store
 from lhorch.policies import Policy, get_policy
+from lhorch.policies.builtin import ObjectivePolicy
+from lhorch.policies.builtin import explain_stage as builtin_explain
+from lhorch.policies.problem import Problem
 from lhorch.providers.aws.catalogue import catalogue_offers  # the bundled price list: no boto3
 
 
@@ -63,10 +66,37 @@ def make_plan(pipeline: Pipeline, profile: Profile, offers: list[Offer] | None =
     or a Policy; default ``pipeline.policy.name``. Returns the Plan even when infeasible; see
     :func:`require_feasible`.
     """
+    usable, chosen, estimator = _setup(pipeline, profile, offers, observations, policy, observed_output_gb)
+    return chosen.plan(pipeline, profile, usable, estimator, pipeline.budget)
+
+
+def _setup(pipeline: Pipeline, profile: Profile, offers: list[Offer] | None, observations: Observations,
+           policy: str | Policy | None, observed_output_gb: dict[str, float] | None
+           ) -> tuple[list[Offer], Policy, Estimator]:
     usable = _usable(pipeline, default_offers(pipeline, profile) if offers is None else offers, profile)
     chosen = get_policy(policy or pipeline.policy.name) if policy is None or isinstance(policy, str) else policy
-    estimator = Estimator(profile, usable, observations, observed_output_gb or {})
-    return chosen.plan(pipeline, profile, usable, estimator, pipeline.budget)
+    return usable, chosen, Estimator(profile, usable, observations, observed_output_gb or {})
+
+
+def explain_stage(pipeline: Pipeline, profile: Profile, plan: Plan, stage: str, offers: list[Offer] | None = None,
+                  observations: Observations = None, policy: str | Policy | None = None,
+                  observed_output_gb: dict[str, float] | None = None) -> list[tuple[Alternative, str]]:
+    """Every offer ``stage`` could have used under ``plan`` (made by :func:`make_plan` with the same
+    arguments), best first, each as (Alternative, deciding factor): the whole plan re-priced with only
+    that stage moved, and why it lost. The offers it does not fit come last."""
+    if stage not in pipeline.stages:
+        raise UsageError(f"no stage {stage!r} in pipeline {pipeline.name!r}",
+                         hint=f"choose one of: {', '.join(pipeline.stages)}")
+    usable, chosen, estimator = _setup(pipeline, profile, offers, observations, policy, observed_output_gb)
+    if not isinstance(chosen, ObjectivePolicy):
+        raise UsageError(f"policy {chosen.name!r} cannot explain its choices", hint="use a built-in policy")
+    pb = Problem(pipeline, usable, estimator)
+    index = {o.key: k for k, o in enumerate(usable)}
+    a = []
+    for name in pb.names:
+        offer = plan.placements[name].offer
+        a.append(index.get(offer.key, 0) if offer is not None else 0)
+    return builtin_explain(chosen, pb, a, pb.index[stage], pipeline.budget, every_offer=True)
 
 
 def require_feasible(plan: Plan) -> Plan:

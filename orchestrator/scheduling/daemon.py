@@ -311,8 +311,9 @@ class Scheduler:
         try:
             pipeline = load_pipeline(Path(s.pipeline_file))
             schedule = pipeline.schedule
-            # --fresh: each fire is a new run; without it `lhorch run` would resume a failed predecessor.
-            args = ["--trigger", f"schedule:{s.name}", "--json", "--fresh"]
+            # --new: each fire is a new run (without it `lhorch run` would resume a failed predecessor);
+            # unlike --fresh it still reuses unchanged stages from the cache.
+            args = ["--trigger", f"schedule:{s.name}", "--json", "--new"]
             if schedule is None or schedule.only_if_changed:
                 args.append("--only-if-changed")
             env = {"LHORCH_HOME": str(self.store.home), "LHORCH_SCHEDULE": s.name,

@@ -8,4 +8,6 @@
 - ``schedules``: schedules and their fires
 - ``models``: the model registry's versions
 - ``cloud_resources``: intent/created/released rows of what a provider started in a cloud
+- ``cache``: the stage cache's entries (the kept files are in execution/stage_cache.py's object store)
+- ``run_views``: read-only queries across runs (money per run, metrics artifacts, stage times) for the report
 """

@@ -71,6 +71,12 @@ def record_stage(store: Store, *, pipeline: str, stage: str, spec_hash: str, mac
         )
 
 
+def runs_on(store: Store, machine: str) -> int:
+    """How many stage runs were recorded on ``machine`` (a profile fingerprint or an instance type)."""
+    rows = store.query("SELECT COUNT(*) AS n FROM stage_history WHERE machine=?", (machine,))
+    return int(rows[0]["n"]) if rows else 0
+
+
 def observed(store: Store, pipeline: str, stage: str, machine: str | None = None,
              spec_hash: str | None = None, *, limit: int = 50) -> list[Observation]:
     """The ``limit`` most recent observations of a stage, newest first, optionally only those on

@@ -169,6 +169,21 @@ MIGRATIONS: list[str] = [
         UNIQUE(pipeline, version)
     );
     """,
+    # the stage cache (issue 20): one entry per cache key, its outputs' files in the object store
+    """
+    CREATE TABLE cache_entries (
+        key TEXT PRIMARY KEY,          -- the stage's cache key (pipeline/artifacts.py cache_key)
+        pipeline TEXT NOT NULL,
+        stage TEXT NOT NULL,
+        run_id TEXT NOT NULL,          -- the run whose attempt produced it
+        outputs_json TEXT NOT NULL,    -- each output: name, sha256, size, and its files' digests
+        size_bytes INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        last_used_at TEXT NOT NULL,
+        uses INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX cache_entries_used ON cache_entries(last_used_at);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

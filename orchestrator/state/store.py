@@ -52,11 +52,50 @@ def new_run_id(pipeline: str, now: datetime | None = None) -> str:
     return f"{pipeline[:24]}-{now.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) if missing and make it 0700: what lhorch keeps holds stage
+    environments, logs and outputs, none of which other users of the machine should read."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """Create ``path`` if missing, readable by its owner only; tighten it if it exists."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+    return path
+
+
+def install_id(home: Path) -> str:
+    """This installation's random id (``$LHORCH_HOME/install-id``), tagged on everything lhorch creates
+    in the cloud, so `gc` and `down` touch only what this installation made (issue 15)."""
+    path = home / "install-id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    value = secrets.token_hex(8)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first: theirs wins
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value
+
+
 class Store:
     def __init__(self, home: Path | None = None):
-        self.home = Path(home) if home is not None else lhorch_home()
-        self.home.mkdir(parents=True, exist_ok=True)
+        self.home = private_dir(Path(home) if home is not None else lhorch_home())
         self.path = self.home / "state.db"
+        # SQLite gives the WAL and SHM files the database file's mode, so 0600 here covers all three.
+        private_file(self.path)
+        for sidecar in (self.home / "state.db-wal", self.home / "state.db-shm"):
+            if sidecar.exists() and sidecar.stat().st_mode & 0o077:
+                sidecar.chmod(0o600)
         self._local = threading.local()
         self._migrate()
 
@@ -104,7 +143,12 @@ class Store:
 
     # --- runs ---------------------------------------------------------------------------------
     def runs_dir(self, run_id: str) -> Path:
-        return self.home / "runs" / run_id
+        """The run's folder, created private (0700) if missing."""
+        return private_dir(private_dir(self.home / "runs") / run_id)
+
+    @property
+    def install_id(self) -> str:
+        return install_id(self.home)
 
     def create_run(self, run_id: str, pipeline: str, spec: BaseModel, pipeline_file: str | None,
                    trigger: str = "manual", plan: BaseModel | None = None) -> None:

@@ -3,13 +3,14 @@ pair, the node role and the artifact bucket.
 
 Each ``ensure`` is idempotent (find, else create) and the per-cluster ones write their intent row
 before the AWS call and mark it created after, so a crash in between leaves a row ``gc`` follows.
-The bucket and the node role are shared by every run of an account (region, bucket/prefix), outlive
-runs on purpose and are never swept, so they have no per-run row.
+The bucket is shared by every run of an account (region, bucket/prefix), outlives runs on purpose
+and is never swept. The node role is per cluster, so a node can read only its own cluster's token and
+secrets and write only under its own run's prefix; it is created under the permissions boundary that
+`lhorch cloud setup` made once, and deleted with the cluster.
 """
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from collections.abc import Callable
 
@@ -17,10 +18,11 @@ from botocore.exceptions import ClientError
 from pydantic import SecretStr
 
 from lhorch.orchestrator.core.cluster import ClusterRequest
+from lhorch.orchestrator.core.errors import CloudError
 from lhorch.providers.aws import records, security
 from lhorch.providers.aws.context import AwsContext
-from lhorch.providers.aws.ec2 import TAG_OWNER
-from lhorch.providers.aws.names import token_parameter
+from lhorch.providers.aws.ec2 import TAG_INSTALL
+from lhorch.providers.aws.names import node_role_name, token_parameter
 from lhorch.providers.aws.retry import error_code
 from lhorch.providers.aws.s3 import default_bucket_name, ensure_bucket
 
@@ -32,7 +34,7 @@ class Auxiliary:
     def __init__(self, ctx: AwsContext, ip_lookup: Callable[[], str] | None):
         self.ctx, self.ip_lookup = ctx, ip_lookup
         self.bucket_name: str | None = ctx.settings.bucket
-        self.instance_profile: str | None = ctx.settings.instance_profile
+        self.instance_profile: str | None = ctx.settings.instance_profile  # the last one used
         self._bucket_ready = False
 
     def _intent(self, request: ClusterRequest, kind: str, name: str) -> None:
@@ -70,23 +72,35 @@ class Auxiliary:
     def bucket(self) -> str:
         """The bucket stage artifacts go through; lhorch creates it (private, encrypted, with a
         lifecycle rule) when ``cloud.bucket`` is unset. Resolved before the node role, which is
-        scoped to it."""
+        scoped to it. Every S3 call names this account as the bucket's expected owner."""
         if not self._bucket_ready:
+            account = self.ctx.clients.identity()["account"]
+            default = not self.bucket_name
             if not self.bucket_name:
-                self.bucket_name = default_bucket_name(self.ctx.clients.identity()["account"], self.ctx.region)
-            ensure_bucket(self.ctx.clients.s3, self.bucket_name, self.ctx.region, prefix=self.ctx.settings.prefix)
+                self.bucket_name = default_bucket_name(account, self.ctx.region)
+            managed = ensure_bucket(self.ctx.clients.s3, self.bucket_name, self.ctx.region,
+                                    prefix=self.ctx.settings.prefix, owner=account,
+                                    tags={TAG_INSTALL: self.ctx.store.install_id})
+            if default and not managed:
+                # Its name is predictable, so anyone may have created it first to collect our artifacts.
+                raise CloudError(f"bucket {self.bucket_name} exists but lhorch did not create it: it may belong to "
+                                 "another AWS account, so lhorch will not use it",
+                                 hint="Set cloud.bucket in the pipeline file to a bucket of your own account.")
             self._bucket_ready = True
         return self.bucket_name
 
-    def node_role(self) -> str | None:
-        """The nodes' instance profile: the configured one, else one scoped to bucket/prefix
-        (created once, named by that scope), else none when creating roles is off."""
-        if self.instance_profile or not self.ctx.settings.create_instance_profile:
-            return self.instance_profile
-        ident = self.ctx.clients.identity()
-        prefix = self.ctx.settings.prefix
-        scope = hashlib.sha256(f"{self.bucket_name}/{prefix}".encode()).hexdigest()[:10]
-        policy = security.node_policy(self.ctx.region, ident["account"], self.bucket_name, prefix)
-        self.instance_profile = security.ensure_instance_profile(self.ctx.clients.iam, f"lhorch-node-{scope}", policy,
-                                                                 {TAG_OWNER: ident["owner"]})
+    def node_role(self, request: ClusterRequest, tags: dict[str, str]) -> str | None:
+        """The nodes' instance profile: the configured one, else one for this cluster alone (see the
+        module docstring), else none when creating roles is off."""
+        if self.ctx.settings.instance_profile or not self.ctx.settings.create_instance_profile:
+            return self.ctx.settings.instance_profile
+        account = self.ctx.clients.identity()["account"]
+        name = node_role_name(request.run_id, request.group)
+        self._intent(request, "role", name)
+        policy = security.node_policy(self.ctx.region, account, self.bucket_name, self.ctx.settings.prefix,
+                                      request.run_id, request.group)
+        self.instance_profile = security.ensure_instance_profile(
+            self.ctx.clients.iam, name, policy, {k: v for k, v in tags.items() if k != "Name"},
+            boundary=security.boundary_arn(account))
+        records.mark_created(self.ctx.store, "role", name, name)
         return self.instance_profile

@@ -14,19 +14,21 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from lhorch.orchestrator.core.errors import CapacityError, CloudError
+from lhorch.providers.aws.names import (  # noqa: F401  (the tag names, re-exported where they were first defined)
+    TAG_EXPIRES,
+    TAG_GROUP,
+    TAG_HEARTBEAT,
+    TAG_HOST,
+    TAG_INSTALL,
+    TAG_MARKET,
+    TAG_NODE,
+    TAG_OWNER,
+    TAG_PRICE,
+    TAG_ROLE,
+    TAG_RUN,
+)
 from lhorch.providers.aws.retry import Backoff, error_code
 from lhorch.providers.aws.security import tag_list
-
-TAG_RUN = "lhorch:run-id"
-TAG_GROUP = "lhorch:group"
-TAG_OWNER = "lhorch:owner"
-TAG_EXPIRES = "lhorch:expires-at"
-TAG_HEARTBEAT = "lhorch:heartbeat"
-TAG_HOST = "lhorch:host"
-TAG_ROLE = "lhorch:role"
-TAG_NODE = "lhorch:node"
-TAG_PRICE = "lhorch:price-per-hour"
-TAG_MARKET = "lhorch:market"
 
 # Every state in which an instance (or its volumes) can still cost money.
 BILLABLE_STATES = ("pending", "running", "stopping", "stopped", "shutting-down")

@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import datetime, timezone
+
+TAG_RUN = "lhorch:run-id"
+TAG_GROUP = "lhorch:group"
+TAG_OWNER = "lhorch:owner"
+TAG_EXPIRES = "lhorch:expires-at"
+TAG_HEARTBEAT = "lhorch:heartbeat"
+TAG_HOST = "lhorch:host"
+TAG_ROLE = "lhorch:role"
+TAG_NODE = "lhorch:node"
+TAG_PRICE = "lhorch:price-per-hour"
+TAG_MARKET = "lhorch:market"
+# This installation of lhorch (its random id under $LHORCH_HOME): `gc` and `down` touch only their own.
+TAG_INSTALL = "lhorch:install"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -31,3 +45,8 @@ def node_name(cluster: str, index: int) -> str:
 def token_parameter(run_id: str, group: str) -> str:
     """The SSM parameter holding the cluster's Ray token."""
     return f"/lhorch/{safe(run_id)}/{safe(group)}/ray-token"
+
+
+def node_role_name(run_id: str, group: str) -> str:
+    """The cluster's node role and instance profile (IAM names: at most 64 characters)."""
+    return "lhorch-node-" + hashlib.sha256(f"{run_id}\0{group}".encode()).hexdigest()[:16]

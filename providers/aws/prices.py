@@ -4,7 +4,9 @@
   no pre-installed software, capacity status "Used"; the answer is nested JSON strings.
 - Spot: ``describe_spot_price_history``, the latest price per zone, median over zones (the
   provider may fall back to any zone, so the cheapest one is too optimistic).
-- Facts (vCPUs, memory, GPUs): ``describe_instance_types``.
+- Facts (vCPUs, memory, GPUs, architecture): ``describe_instance_types``, which also lists the sizes
+  of the catalogue's families that the bundled file lacks (:func:`discover_types`); such a type gets
+  its family's throughput per vCPU / per GPU and is offered only when a live price is known.
 Prices are cached with their date in ``$LHORCH_HOME/cache/aws-prices.json`` (TTL 24 h, clock
 injected) and fall back to the bundled catalogue when the API cannot be asked.
 """
@@ -30,6 +32,40 @@ Clock = Callable[[], datetime]
 Fallback = Callable[[str, bool], list[Offer]]
 
 PRICING_REGION = "us-east-1"
+# Sizes a user picks for one stage; bare metal and the tiny burst sizes are left out on purpose.
+_SKIPPED_SIZES = ("metal", "nano", "micro", "small", "medium")
+
+
+def family(instance_type: str) -> str:
+    return instance_type.split(".", 1)[0]
+
+
+def discover_types(ec2: Any, families: list[str]) -> list[str]:
+    """Instance types of ``families`` this region's ``DescribeInstanceTypes`` lists (sizes users pick)."""
+    names: set[str] = set()
+    patterns = [f"{f}.*" for f in sorted(set(families))]
+    for start in range(0, len(patterns), 50):  # the filter takes a bounded number of values
+        pages = ec2.get_paginator("describe_instance_types").paginate(
+            Filters=[{"Name": "instance-type", "Values": patterns[start:start + 50]}])
+        for page in pages:
+            for it in page.get("InstanceTypes", []):
+                name = it["InstanceType"]
+                if not any(size in name.split(".", 1)[1] for size in _SKIPPED_SIZES):
+                    names.add(name)
+    return sorted(names)
+
+
+def _from_family(itype: str, market: str, fact: dict[str, Any], catalogue: list[Offer]) -> dict[str, Any] | None:
+    """Offer fields for a type the bundled catalogue lacks, from a sibling of its family: the same
+    throughput per vCPU and per GPU, start-up and interruption rate (the price must come live)."""
+    siblings = [o for o in catalogue if family(o.instance_type) == family(itype) and o.market == market]
+    if not siblings:
+        return None
+    sib = min(siblings, key=lambda o: abs(o.vcpus - fact["vcpus"]))
+    fields = sib.model_dump()
+    per_vcpu = (sib.gflops_fp32 or 0.0) / max(sib.vcpus, 1.0)
+    fields.update(instance_type=itype, gflops_fp32=per_vcpu * fact["vcpus"] or None)
+    return fields
 
 
 def bundled_catalogue(region: str, spot: bool) -> list[Offer]:
@@ -123,15 +159,22 @@ class PriceSource:
         return price, self.cache.put(key, price)
 
     # --- offers --------------------------------------------------------------------------------
-    def offers(self, spot: bool = True, instance_types: list[str] | None = None) -> list[Offer]:
+    def offers(self, spot: bool = True, instance_types: list[str] | None = None,
+               discover: bool = False) -> list[Offer]:
         """Live offers for the catalogue's instance types (or the given ones); each price falls back
-        to the catalogue's when the API cannot answer."""
+        to the catalogue's when the API cannot answer. ``discover`` adds every size of the
+        catalogue's families that DescribeInstanceTypes lists here (one price request per type)."""
         try:
             catalogue = self.fallback(self.region, spot)
         except (ImportError, OSError, ValueError):
             catalogue = []
         by_key = {(o.instance_type, o.market): o for o in catalogue}
         types = instance_types or sorted({o.instance_type for o in catalogue})
+        if discover and not instance_types:
+            try:  # every current size of the catalogue's families, not only the bundled ones
+                types = sorted(set(types) | set(discover_types(self.ec2, [family(t) for t in types])))
+            except (ClientError, BotoCoreError):
+                pass
         try:
             facts = instance_facts(self.ec2, types)
         except (ClientError, BotoCoreError):
@@ -143,12 +186,14 @@ class PriceSource:
                 fact = facts.get(itype)
                 if base is None and fact is None:
                     continue
-                fields: dict[str, Any] = base.model_dump() if base else {
+                derived = _from_family(itype, market, fact, catalogue) if base is None and fact else None
+                fields: dict[str, Any] = base.model_dump() if base else derived or {
                     "provider": "aws", "instance_type": itype, "market": market, "startup_seconds": 180.0,
                     "teardown_seconds": 60.0, "vcpus": 0, "memory_gb": 0}
                 fields["region"] = self.region
                 if fact:
-                    fields.update({k: fact[k] for k in ("vcpus", "memory_gb", "gpus", "gpu_model", "gpu_memory_gb")})
+                    fields.update({k: fact[k] for k in ("vcpus", "memory_gb", "gpus", "gpu_model", "gpu_memory_gb",
+                                                        "arch") if k in fact})
                 try:
                     live = self.spot(itype) if market == "spot" else self.on_demand(itype)
                 except (ClientError, BotoCoreError):

@@ -32,6 +32,7 @@ from lhorch.providers.aws.ec2 import (
     TAG_EXPIRES,
     TAG_GROUP,
     TAG_HOST,
+    TAG_INSTALL,
     TAG_MARKET,
     TAG_OWNER,
     TAG_PRICE,
@@ -145,7 +146,7 @@ class AwsProvider:
         expires = request.expires_at or self.ctx.clock() + timedelta(hours=self.settings.max_hours)
         tags = {TAG_RUN: request.run_id, TAG_GROUP: request.group,
                 TAG_OWNER: request.owner or self.identity()["owner"], TAG_EXPIRES: iso(expires),
-                TAG_HOST: self.settings.host, "Name": name}
+                TAG_HOST: self.settings.host, TAG_INSTALL: self.store.install_id, "Name": name}
         aux, ctx = self.auxiliary, self.ctx
         # The cluster's own row first: what the pieces below belong to, and what it will cost.
         records.record_intent(self.store, request.run_id, "cluster", name, details=ctx.row_details(request),
@@ -156,7 +157,7 @@ class AwsProvider:
         group_id = aux.security_group(request, name, subnets[0]["vpc"], tags)
         key_name = aux.key_pair(request, name, tags)
         setup = NodeSetup(subnets=subnets, security_group=group_id, key_name=key_name,
-                          instance_profile=aux.node_role(), tags=tags, expires=expires, token=token)
+                          instance_profile=aux.node_role(request, tags), tags=tags, expires=expires, token=token)
         started = self.launcher.start(request, setup)
 
         ids, running = started.instance_ids, started.running
@@ -183,9 +184,14 @@ class AwsProvider:
                             private_ip=None, public_ip=None, token=SecretStr(""))
         self.teardown.cluster(cluster.run_id, cluster.group, head=head, extra_ids=cluster.instance_ids)
 
-    def release_run(self, run_id: str) -> list[str]:
-        """Release every cluster of a run that is known here or tagged in AWS; return their names."""
-        return self.teardown.run(run_id)
+    def release_run(self, run_id: str, *, all_installs: bool = False) -> list[str]:
+        """Release every cluster of a run that is known here or tagged in AWS by this installation
+        (any installation's with ``all_installs``); return their names."""
+        return self.teardown.run(run_id, all_installs=all_installs)
+
+    def own_runs(self, *, all_installs: bool = False) -> list[str]:
+        """Runs with a cluster up that this installation started (every installation's with ``all_installs``)."""
+        return self.teardown.runs(all_installs=all_installs)
 
     def clusters(self) -> list[Cluster]:
         return health.running_clusters(self.ctx)
@@ -194,5 +200,6 @@ class AwsProvider:
         """Check in and check the cluster is whole; ClusterUnreachable when not (see ``health``)."""
         health.heartbeat(self.ctx, cluster)
 
-    def sweep(self, now: datetime, live_runs: set[str], dry_run: bool = False) -> list[str]:
-        return self.teardown.sweep(now, live_runs, dry_run=dry_run)
+    def sweep(self, now: datetime, live_runs: set[str], dry_run: bool = False, *,
+              all_installs: bool = False) -> list[str]:
+        return self.teardown.sweep(now, live_runs, dry_run=dry_run, all_installs=all_installs)

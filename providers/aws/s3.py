@@ -46,14 +46,62 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def safe_relative(key: str) -> str:
+    """``key`` as a relative path that cannot leave the folder it is joined to: any node that can
+    write to the bucket can craft keys, so an empty, ``.`` or ``..`` segment (``a//b``, ``a/../b``) or
+    a backslash is refused rather than normalised (issue 15)."""
+    parts = key.split("/")
+    if not key or any(p in ("", ".", "..") for p in parts) or "\\" in key or "\0" in key:
+        raise CloudError(f"refusing artifact key {key!r}: empty, '.' or '..' path segments are not allowed",
+                         hint="Something wrote this key into the bucket by hand or from a compromised node; "
+                              "delete it and run again.")
+    return key
+
+
+def inside(root: Path, relative: str) -> Path:
+    """``root / relative``, checked to resolve (symlinks included) inside ``root``."""
+    dest = root / safe_relative(relative)
+    if not dest.resolve().is_relative_to(root.resolve()):
+        raise CloudError(f"refusing to write {dest}: it resolves outside {root}",
+                         hint="A symbolic link in the destination folder points elsewhere; remove it.")
+    return dest
+
+
 def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 
 
+class OwnedBucket:
+    """An S3 client whose bucket calls all carry ``ExpectedBucketOwner``; S3 answers 403 when the
+    bucket belongs to another account. Paginators get it too."""
+
+    def __init__(self, client: Any, owner: str):
+        self._client, self.owner = client, owner
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if name == "get_paginator":
+            return lambda op: _OwnedPaginator(attr(op), self.owner)
+        if not callable(attr) or name.startswith(("_", "can_", "generate_")):
+            return attr
+        return lambda **kw: attr(**{"ExpectedBucketOwner": self.owner, **kw})
+
+
+class _OwnedPaginator:
+    def __init__(self, paginator: Any, owner: str):
+        self._paginator, self.owner = paginator, owner
+
+    def paginate(self, **kw: Any) -> Any:
+        return self._paginator.paginate(**{"ExpectedBucketOwner": self.owner, **kw})
+
+
 class S3ArtifactStore:
     def __init__(self, bucket: str, prefix: str, client: Any, *, part_size: int = 16 * MiB,
-                 threshold: int = 16 * MiB, workers: int = 8):
-        self.bucket, self.prefix, self.client = bucket, prefix.strip("/"), client
+                 threshold: int = 16 * MiB, workers: int = 8, owner: str | None = None):
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        # Every call names the account the bucket must belong to (ExpectedBucketOwner), so a bucket of
+        # the same name in another account is never written to or read from.
+        self.client = OwnedBucket(client, owner) if owner else client
         self.part_size, self.threshold, self.workers = part_size, threshold, workers
 
     def key(self, key: str) -> str:
@@ -222,14 +270,20 @@ class S3ArtifactStore:
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
             keys += [o["Key"] for o in page.get("Contents", [])]
         root = Path(local_dir)
-        return [self._get(k, root / k[len(base):]) for k in keys]
+        # Every destination is checked before anything is written, so one bad key fetches nothing.
+        dests = [(k, inside(root, k[len(base):])) for k in keys]
+        return [self._get(k, dest) for k, dest in dests]
 
 
 def ensure_bucket(client: Any, bucket: str, region: str, *, prefix: str = "lhorch", expire_days: int = 30,
-                  tags: dict[str, str] | None = None) -> bool:
+                  tags: dict[str, str] | None = None, owner: str | None = None) -> bool:
     """Create the bucket if missing: private, encrypted (SSE-S3), ``<prefix>/runs/`` expiring after
     ``expire_days``, abandoned multipart uploads aborted after a day. A bucket lhorch did not create
-    (no ``lhorch:managed`` tag) is left as it is. Returns True when lhorch manages the bucket."""
+    (no ``lhorch:managed`` tag) is left as it is. Returns True when lhorch manages the bucket.
+
+    ``owner`` is this account: a bucket of that name owned by any other account is refused
+    (CloudError), since its default name is predictable and anyone can create it first (issue 15)."""
+    client = OwnedBucket(client, owner) if owner else client
     try:
         client.head_bucket(Bucket=bucket)
         try:
@@ -241,15 +295,22 @@ def ensure_bucket(client: Any, bucket: str, region: str, *, prefix: str = "lhorc
         if existing.get("lhorch:managed") != "true":
             return False
     except ClientError as exc:
-        if error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
+        code = error_code(exc)
+        if code in ("403", "AccessDenied", "Forbidden"):
+            raise _foreign(bucket, owner) from exc
+        if code not in ("404", "NoSuchBucket", "NotFound"):
             raise CloudError(f"bucket {bucket} exists but is not usable: {exc}",
                              hint="Pick another name in cloud.bucket.") from exc
         kwargs: dict[str, Any] = {"Bucket": bucket}
         if region != "us-east-1":
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
         try:
-            client.create_bucket(**kwargs)
+            # CreateBucket takes no ExpectedBucketOwner: the bucket cannot have an owner yet.
+            raw = getattr(client, "_client", client)
+            raw.create_bucket(**kwargs)
         except ClientError as exc2:
+            if error_code(exc2) == "BucketAlreadyExists":
+                raise _foreign(bucket, owner) from exc2
             if error_code(exc2) != "BucketAlreadyOwnedByYou":
                 raise
     # Settings are (re)applied every time, so a crash between create and here heals itself.
@@ -266,6 +327,12 @@ def ensure_bucket(client: Any, bucket: str, region: str, *, prefix: str = "lhorc
     client.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [
         {"Key": k, "Value": v} for k, v in {**(tags or {}), "lhorch:managed": "true"}.items()]})
     return True
+
+
+def _foreign(bucket: str, owner: str | None) -> CloudError:
+    return CloudError(f"bucket {bucket} belongs to another AWS account{f' (not {owner})' if owner else ''}; "
+                      "lhorch will not read or write it",
+                      hint="Set cloud.bucket in the pipeline file to a bucket of your own account.")
 
 
 def default_bucket_name(account: str, region: str) -> str:

@@ -18,6 +18,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from lhorch.orchestrator.core.errors import CloudError
+from lhorch.providers.aws.names import safe
 from lhorch.providers.aws.retry import error_code
 
 RAY_PORTS = (6379, 8265, 10001)
@@ -111,12 +113,42 @@ def delete_key_pair(ec2: Any, key_name: str, home: Path) -> None:
     key_path(home, key_name).unlink(missing_ok=True)
 
 
-def node_policy(region: str, account: str, bucket: str | None, prefix: str) -> dict[str, Any]:
-    """The nodes' permissions: read their own token parameters, use SSM port forwarding, and read/
-    write the run's artifacts under ``<bucket>/<prefix>/`` only."""
+BOUNDARY_NAME = "lhorch-node-boundary"
+IAM_PATH = "/lhorch/"
+
+
+def boundary_arn(account: str) -> str:
+    """The permissions boundary every node role is created under (made once by `lhorch cloud setup`)."""
+    return f"arn:aws:iam::{account}:policy{IAM_PATH}{BOUNDARY_NAME}"
+
+
+def boundary_policy() -> dict[str, Any]:
+    """The most any node role can ever be allowed, whatever inline policy it is given: lhorch's own
+    parameters and buckets, and SSM sessions. With it, the right to create node roles (which lhorch's
+    users have) cannot be turned into more rights than these (issue 15)."""
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "LhorchParameters", "Effect": "Allow", "Action": "ssm:GetParameter",
+         "Resource": "arn:aws:ssm:*:*:parameter/lhorch/*"},
+        {"Sid": "LhorchArtifacts", "Effect": "Allow",
+         "Action": ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
+         "Resource": "arn:aws:s3:::lhorch-*/*"},
+        {"Sid": "LhorchArtifactsList", "Effect": "Allow", "Action": ["s3:ListBucket", "s3:ListBucketMultipartUploads"],
+         "Resource": "arn:aws:s3:::lhorch-*"},
+        {"Sid": "SsmSessions", "Effect": "Allow",
+         "Action": ["ssm:UpdateInstanceInformation", "ssmmessages:CreateControlChannel",
+                    "ssmmessages:CreateDataChannel", "ssmmessages:OpenControlChannel",
+                    "ssmmessages:OpenDataChannel"], "Resource": "*"},
+    ]}
+
+
+def node_policy(region: str, account: str, bucket: str | None, prefix: str, run_id: str = "*",
+                group: str = "*") -> dict[str, Any]:
+    """One cluster's nodes: read its own token and secrets parameters (``/lhorch/<run>/<group>/``),
+    use SSM port forwarding, read artifacts under ``<bucket>/<prefix>/`` and write only under its own
+    run's ``<prefix>/runs/<run>/``."""
+    params = f"arn:aws:ssm:{region}:{account}:parameter/lhorch/{safe(run_id)}/{safe(group)}/*"
     statements: list[dict[str, Any]] = [
-        {"Sid": "RayToken", "Effect": "Allow", "Action": ["ssm:GetParameter"],
-         "Resource": f"arn:aws:ssm:{region}:{account}:parameter/lhorch/*"},
+        {"Sid": "OwnClusterParameters", "Effect": "Allow", "Action": ["ssm:GetParameter"], "Resource": params},
         {"Sid": "SsmSessions", "Effect": "Allow",
          "Action": ["ssm:UpdateInstanceInformation", "ssmmessages:CreateControlChannel",
                     "ssmmessages:CreateDataChannel", "ssmmessages:OpenControlChannel",
@@ -124,28 +156,39 @@ def node_policy(region: str, account: str, bucket: str | None, prefix: str) -> d
     ]
     if bucket:
         statements += [
-            {"Sid": "Artifacts", "Effect": "Allow",
-             "Action": ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
+            {"Sid": "Artifacts", "Effect": "Allow", "Action": ["s3:GetObject"],
              "Resource": f"arn:aws:s3:::{bucket}/{prefix}/*"},
-            {"Sid": "ArtifactsList", "Effect": "Allow", "Action": ["s3:ListBucket", "s3:ListBucketMultipartUploads"],
+            {"Sid": "OwnRunArtifacts", "Effect": "Allow",
+             "Action": ["s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
+             "Resource": f"arn:aws:s3:::{bucket}/{prefix}/runs/{run_id}/*"},
+            {"Sid": "ArtifactsList", "Effect": "Allow", "Action": ["s3:ListBucket"],
              "Resource": f"arn:aws:s3:::{bucket}", "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*"]}}},
+            # ListBucketMultipartUploads has no s3:prefix condition key: it is scoped to the bucket only.
+            {"Sid": "ArtifactUploadsList", "Effect": "Allow", "Action": ["s3:ListBucketMultipartUploads"],
+             "Resource": f"arn:aws:s3:::{bucket}"},
         ]
     return {"Version": "2012-10-17", "Statement": statements}
 
 
-def ensure_instance_profile(iam: Any, name: str, policy: dict[str, Any], tags: dict[str, str]) -> str:
-    """Create (or bring up to date) the role + instance profile ``name``; return the profile name."""
+def ensure_instance_profile(iam: Any, name: str, policy: dict[str, Any], tags: dict[str, str],
+                            boundary: str | None = None) -> str:
+    """Create (or bring up to date) the role + instance profile ``name`` under the permissions
+    boundary; return the profile name."""
     trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
                                                      "Action": "sts:AssumeRole"}]}
+    extra = {"PermissionsBoundary": boundary} if boundary else {}
     try:
-        iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust), Path="/lhorch/",
-                        Description="lhorch Ray nodes", Tags=tag_list(tags))
+        iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust), Path=IAM_PATH,
+                        Description="lhorch Ray nodes", Tags=tag_list(tags), **extra)
     except ClientError as exc:
+        if error_code(exc) == "NoSuchEntity" and boundary:
+            raise CloudError(f"the permissions boundary {boundary} does not exist",
+                             hint="Ask an administrator to run `lhorch cloud setup` once for this account.") from exc
         if error_code(exc) != "EntityAlreadyExists":
             raise
     iam.put_role_policy(RoleName=name, PolicyName="lhorch-node", PolicyDocument=json.dumps(policy))
     try:
-        iam.create_instance_profile(InstanceProfileName=name, Path="/lhorch/", Tags=tag_list(tags))
+        iam.create_instance_profile(InstanceProfileName=name, Path=IAM_PATH, Tags=tag_list(tags))
     except ClientError as exc:
         if error_code(exc) != "EntityAlreadyExists":
             raise
@@ -153,3 +196,37 @@ def ensure_instance_profile(iam: Any, name: str, policy: dict[str, Any], tags: d
     if not any(r["RoleName"] == name for r in roles):
         iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
     return name
+
+
+def delete_instance_profile(iam: Any, name: str) -> None:
+    """Delete the cluster's role and instance profile; what is already gone is fine."""
+    steps = [
+        lambda: iam.remove_role_from_instance_profile(InstanceProfileName=name, RoleName=name),
+        lambda: iam.delete_instance_profile(InstanceProfileName=name),
+        lambda: iam.delete_role_policy(RoleName=name, PolicyName="lhorch-node"),
+        lambda: iam.delete_role(RoleName=name),
+    ]
+    for step in steps:
+        try:
+            step()
+        except ClientError as exc:
+            if error_code(exc) != "NoSuchEntity":
+                raise
+
+
+def ensure_boundary(iam: Any, account: str) -> tuple[str, bool]:
+    """Create the node roles' permissions boundary (an administrator's one-time step, `lhorch cloud
+    setup`); return its ARN and whether it was created now. An existing one is brought up to date."""
+    arn, document = boundary_arn(account), json.dumps(boundary_policy())
+    try:
+        iam.create_policy(PolicyName=BOUNDARY_NAME, Path=IAM_PATH, PolicyDocument=document,
+                          Description="lhorch: the most any lhorch node role may do")
+        return arn, True
+    except ClientError as exc:
+        if error_code(exc) != "EntityAlreadyExists":
+            raise
+    versions = iam.list_policy_versions(PolicyArn=arn)["Versions"]
+    for old in [v for v in versions if not v["IsDefaultVersion"]][:max(0, len(versions) - 4)]:
+        iam.delete_policy_version(PolicyArn=arn, VersionId=old["VersionId"])  # at most 5 versions are kept
+    iam.create_policy_version(PolicyArn=arn, PolicyDocument=document, SetAsDefault=True)
+    return arn, False

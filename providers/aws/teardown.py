@@ -3,7 +3,8 @@
 
 Instances are terminated, never stopped, and waited for; then the security group (retried while
 terminating instances still hold it), the key pair and the token parameter are deleted. Whatever is
-already gone is fine. Every step is attempted even when an earlier one failed, and the failures are
+already gone is fine. The cluster's node role goes too, and every parameter under its path (the
+token, the stages' secrets). Every step is attempted even when an earlier one failed, and the failures are
 raised together at the end, so one stuck resource never hides the others.
 """
 
@@ -20,16 +21,17 @@ from lhorch.providers.aws import ec2 as ec2ops
 from lhorch.providers.aws import records, security
 from lhorch.providers.aws.connect import HeadConnector, HeadNode
 from lhorch.providers.aws.context import AwsContext
-from lhorch.providers.aws.ec2 import TAG_EXPIRES, TAG_GROUP, TAG_HOST, TAG_RUN, tags_of
-from lhorch.providers.aws.names import cluster_name, token_parameter
+from lhorch.providers.aws.ec2 import TAG_EXPIRES, TAG_GROUP, TAG_HOST, TAG_INSTALL, TAG_RUN, UP_STATES, tags_of
+from lhorch.providers.aws.names import cluster_name, node_role_name, token_parameter
 from lhorch.providers.aws.retry import error_code
+from lhorch.providers.aws.secrets import delete_cluster_parameters
 
 
 @dataclass(frozen=True)
 class Doomed:
     """A resource the sweep found, and why it goes."""
 
-    kind: str  # instance | security group | key pair | parameter
+    kind: str  # instance | security group | key pair | parameter | role
     resource_id: str
     run_id: str
     reason: str
@@ -67,18 +69,39 @@ class Teardown:
         except ClientError as exc:
             if error_code(exc) != "ParameterNotFound":
                 errors.append(f"parameter {param}: {exc}")
+        try:
+            delete_cluster_parameters(ssm, run_id, group)  # the stages' secrets
+        except ClientError as exc:
+            errors.append(f"parameters under {param.rsplit('/', 1)[0]}: {exc}")
+        if not self.ctx.settings.instance_profile:  # a role of the user's own is not ours to delete
+            try:
+                security.delete_instance_profile(self.ctx.clients.iam, node_role_name(run_id, group))
+            except ClientError as exc:
+                errors.append(f"node role {node_role_name(run_id, group)}: {exc}")
         if errors:
             raise CloudError(f"could not release all of {name}: " + "; ".join(errors),
                              hint="Run `lhorch gc` to retry; `lhorch clusters` shows what is still up.")
         records.mark_released(self.ctx.store, run_id=run_id, group=group)
 
-    def run(self, run_id: str) -> list[str]:
-        """Release every cluster of a run that is known here or tagged in AWS; return their names."""
+    def ours(self, tags: dict[str, str], all_installs: bool = False) -> bool:
+        """Made by this installation of lhorch (its install id tag); anything without one is not."""
+        return all_installs or tags.get(TAG_INSTALL) == self.ctx.store.install_id
+
+    def runs(self, all_installs: bool = False) -> list[str]:
+        """Runs with a node up that this installation started (any installation's with ``all_installs``)."""
+        found = ec2ops.instances(self.ctx.ec2, [{"Name": "tag-key", "Values": [TAG_RUN]}], UP_STATES)
+        return sorted({tags_of(i)[TAG_RUN] for i in found if self.ours(tags_of(i), all_installs)})
+
+    def run(self, run_id: str, all_installs: bool = False) -> list[str]:
+        """Release every cluster of a run that is known here or tagged in AWS by this installation
+        (any installation's with ``all_installs``); return their names."""
         ec2 = self.ctx.ec2
         tagged = [{"Name": f"tag:{TAG_RUN}", "Values": [run_id]}]
         groups = {r["details"].get("group") for r in records.open_rows(self.ctx.store, run_id)}
-        groups |= {tags_of(inst).get(TAG_GROUP) for inst in ec2ops.instances(ec2, tagged)}
-        groups |= {tags_of(sg).get(TAG_GROUP) for sg in ec2.describe_security_groups(Filters=tagged)["SecurityGroups"]}
+        groups |= {tags_of(inst).get(TAG_GROUP) for inst in ec2ops.instances(ec2, tagged)
+                   if self.ours(tags_of(inst), all_installs)}
+        groups |= {tags_of(sg).get(TAG_GROUP) for sg in ec2.describe_security_groups(Filters=tagged)["SecurityGroups"]
+                   if self.ours(tags_of(sg), all_installs)}
         names = []
         for group in sorted(g for g in groups if g is not None):
             self.cluster(run_id, group)
@@ -86,10 +109,12 @@ class Teardown:
         return names
 
     # --- the sweep -----------------------------------------------------------------------------
-    def sweep(self, now: datetime, live_runs: set[str], dry_run: bool = False) -> list[str]:
-        """Delete every lhorch-tagged resource past its expiry or whose run is not live on this
-        host; return what was (with ``dry_run``: would be) deleted."""
-        found = self.find_doomed(now, live_runs)
+    def sweep(self, now: datetime, live_runs: set[str], dry_run: bool = False, all_installs: bool = False
+              ) -> list[str]:
+        """Delete every resource of this installation (any lhorch installation's with ``all_installs``)
+        past its expiry or whose run is not live on this host; return what was (with ``dry_run``:
+        would be) deleted."""
+        found = self.find_doomed(now, live_runs, all_installs)
         descriptions = [d.describe() for d in found]
         if dry_run or not found:
             return descriptions
@@ -105,6 +130,8 @@ class Teardown:
                     security.delete_key_pair(self.ctx.ec2, d.resource_id, self.ctx.store.home)
                 elif d.kind == "parameter":
                     self.ctx.clients.ssm.delete_parameter(Name=d.resource_id)
+                elif d.kind == "role":
+                    security.delete_instance_profile(self.ctx.clients.iam, d.resource_id)
             except ClientError as exc:
                 if error_code(exc) != "ParameterNotFound":
                     errors.append(f"{d.kind} {d.resource_id}: {exc}")
@@ -116,7 +143,7 @@ class Teardown:
                              hint="Run `lhorch gc` again in a few minutes.")
         return descriptions
 
-    def find_doomed(self, now: datetime, live_runs: set[str]) -> list[Doomed]:
+    def find_doomed(self, now: datetime, live_runs: set[str], all_installs: bool = False) -> list[Doomed]:
         ec2, ssm = self.ctx.ec2, self.ctx.clients.ssm
         any_run = [{"Name": "tag-key", "Values": [TAG_RUN]}]
         tagged: list[tuple[str, str, dict[str, str]]] = []  # (kind, id, tags)
@@ -130,8 +157,13 @@ class Teardown:
             for param in page.get("Parameters", []):
                 tags = ssm.list_tags_for_resource(ResourceType="Parameter", ResourceId=param["Name"])["TagList"]
                 tagged.append(("parameter", param["Name"], {t["Key"]: t["Value"] for t in tags}))
+        iam = self.ctx.clients.iam
+        for page in iam.get_paginator("list_roles").paginate(PathPrefix=security.IAM_PATH):
+            for role in page.get("Roles", []):
+                tags = iam.list_role_tags(RoleName=role["RoleName"])["Tags"]
+                tagged.append(("role", role["RoleName"], {t["Key"]: t["Value"] for t in tags}))
         return [Doomed(kind, rid, tags.get(TAG_RUN, ""), reason) for kind, rid, tags in tagged
-                if (reason := self._doomed(tags, now, live_runs))]
+                if TAG_RUN in tags and self.ours(tags, all_installs) and (reason := self._doomed(tags, now, live_runs))]
 
     def _doomed(self, tags: dict[str, str], now: datetime, live_runs: set[str]) -> str | None:
         expires = tags.get(TAG_EXPIRES)
@@ -140,7 +172,7 @@ class Teardown:
         run = tags.get(TAG_RUN, "")
         host = self.ctx.settings.host
         # Another machine's runs are not ours to judge (except by expiry, above).
-        if run not in live_runs and tags.get(TAG_HOST, host) == host:
+        if run not in live_runs and tags.get(TAG_HOST) == host:
             return f"run {run} is not live"
         return None
 
