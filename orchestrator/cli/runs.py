@@ -56,7 +56,7 @@ def status(run_id: str, as_json: bool) -> None:
               + (f", cap ${m.cap_usd:.2f}" if m.cap_usd is not None else "") + ")")
     table = Table(box=None, header_style="bold")
     for col in ("stage", "status", "attempt", "where", "duration", "planned", "est. $", "actual $", "peak mem",
-                "outputs", "error"):
+                "outputs", "error or note"):
         table.add_column(col)
     for s in view.stages:
         last = s.last
@@ -67,7 +67,8 @@ def status(run_id: str, as_json: bool) -> None:
                       duration(s.seconds) if last else "",
                       duration(s.placement.est_seconds) if s.placement else "", f"{s.estimate_usd:.4f}",
                       f"{s.actual_usd:.4f}", peak, ", ".join(o["name"] for o in s.outputs),
-                      (last.error or "") if last and last.status != "cached" else "")
+                      # a cached attempt's note says which run its outputs came from
+                      (last.error or "") if last else "")
     out.print(table)
 
 
