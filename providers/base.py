@@ -58,3 +58,17 @@ class HeartbeatingProvider(Protocol):
     def heartbeat(self, cluster: Cluster) -> None:
         """Check in with ``cluster``; raise ClusterUnreachable when it is gone."""
         ...
+
+
+@runtime_checkable
+class HardStoppingProvider(Protocol):
+    """A provider whose nodes power themselves off at a hard stop that can be moved while they run.
+
+    Contract: ``lower_hard_stop`` moves the cluster's hard stop to ``when`` if that is earlier (never
+    later), and the nodes obey the new time without lhorch (issue 16: a second cluster of a run shares
+    the cap, so the ones already running must stop sooner). Safe on a cluster already gone.
+    """
+
+    def lower_hard_stop(self, cluster: Cluster, when: datetime) -> None:
+        """Move ``cluster``'s hard stop to ``when`` if earlier."""
+        ...

@@ -97,7 +97,10 @@ class LocalProvider:
         self.cpus = cpus
         self.gpus = gpus
         self.dir = self.home / "ray"
-        self.info_path = self.dir / "head.json"
+        # A kept head is shared by every run (head.json); a run's own head is its process's alone
+        # (head-PID.json), so that two runs at once never stop each other's node (issue 17).
+        self.kept_path = self.dir / "head.json"
+        self.info_path = self.kept_path if keep else self.dir / f"head-{os.getpid()}.json"
 
     # Ray puts Unix sockets under its temp dir; their paths must stay under ~107 bytes, so the temp
     # dir is short and derived from LHORCH_HOME rather than placed inside it.
@@ -125,11 +128,15 @@ class LocalProvider:
         return []  # the planner builds the local offer from the measured Profile
 
     def _read_info(self) -> dict | None:
-        try:
-            info = json.loads(self.info_path.read_text())
-        except (OSError, ValueError):
-            return None
-        return info if _alive(int(info.get("guardian_pid", 0))) else None
+        """The head this process may use: the kept one, else its own."""
+        for path in dict.fromkeys([self.kept_path, self.info_path]):
+            try:
+                info = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if _alive(int(info.get("guardian_pid", 0))):
+                return {**info, "path": str(path)}
+        return None
 
     def _cluster(self, info: dict, run_id: str) -> Cluster:
         token = (self.dir / "token").read_text().strip()
@@ -229,7 +236,7 @@ class LocalProvider:
                     if not _group_alive(pid):
                         break
                     time.sleep(0.1)
-        self.info_path.unlink(missing_ok=True)
+        Path(info.get("path", self.info_path)).unlink(missing_ok=True)
 
     def clusters(self) -> list[Cluster]:
         info = self._read_info()

@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    child = subprocess.Popen(["ray", "start", "--head", "--block", *ray_args])
+    # Through this interpreter, not `ray` from PATH: lhorch may run from a venv that is not on PATH
+    # (pipx, an absolute path to venv/bin/lhorch), and PATH's `ray` may belong to another Python (issue 17).
+    child = subprocess.Popen([sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", *ray_args])
     try:
         while not stopping and child.poll() is None:
             if args.owner_pid and not _alive(args.owner_pid):
@@ -58,7 +60,7 @@ def _teardown(child: subprocess.Popen) -> None:
         # `ray start --block` stops its processes on SIGTERM; give it a moment, then kill the group.
         child.send_signal(signal.SIGTERM)
         try:
-            child.wait(timeout=10)
+            child.wait(timeout=3)  # a local head holds nothing worth a longer wait; stages die with it
         except subprocess.TimeoutExpired:
             pass
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -200,6 +200,10 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 def test_cli_plan_json(tmp_path, monkeypatch):
     monkeypatch.setenv("LHORCH_HOME", str(tmp_path / "home"))
+    # A plan that puts a stage on AWS now needs credentials and a region (issue 17); none is called.
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
     path = _write(tmp_path, """
         name: cli
         cloud: {provider: aws}

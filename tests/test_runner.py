@@ -220,9 +220,11 @@ def _lhorch(*args, env, **kw):
 
 
 def _ray_heads(home: Path) -> bool:
-    info = home / "ray" / "head.json"
-    if not info.exists():
-        return False
+    # head.json for a kept head, head-PID.json for a run's own
+    return any(_head_alive(info) for info in (home / "ray").glob("head*.json"))
+
+
+def _head_alive(info: Path) -> bool:
     pid = json.loads(info.read_text())["guardian_pid"]
     try:
         os.kill(pid, 0)

@@ -95,6 +95,12 @@ class _Open:
     start: datetime
     stage: str | None
     source: str
+    minimum_s: float = MIN_BILLED_SECONDS
+    row_id: int | None = None  # its open ledger row (issue 16), closed when it stops
+
+    def cost(self, until: datetime) -> float:
+        seconds = max(self.minimum_s, float(math.ceil(round(max(0.0, (until - self.start).total_seconds()), 6))))
+        return self.price_per_hour * seconds / 3600.0
 
 
 class CostMeter:
@@ -106,13 +112,22 @@ class CostMeter:
         self.store, self.run_id, self.pipeline, self.source = store, run_id, pipeline, source
         self._open: dict[str, _Open] = {}
         self._closed: list[tuple[str | None, float]] = []  # (stage, usd)
+        self.closed_rows: set[int] = set()  # ledger rows this meter closed (or took back from the ledger)
 
     def started(self, item: str, price_per_hour: float, at: datetime, stage: str | None = None,
-                source: str | None = None) -> None:
-        """An instance began billing. Starting an item already running is a no-op (idempotent)."""
+                source: str | None = None, minimum_s: float = MIN_BILLED_SECONDS, row_id: int | None = None) -> None:
+        """An item began billing at ``at`` (its launch time). Starting an item already running is a
+        no-op (idempotent). With ``row_id`` the item is an open ledger row, closed when it stops."""
         if price_per_hour < 0:
             raise ValueError(f"negative price for {item}: {price_per_hour}")
-        self._open.setdefault(item, _Open(price_per_hour, at, stage, source or self.source))
+        self._open.setdefault(item, _Open(price_per_hour, at, stage, source or self.source, minimum_s, row_id))
+
+    def restore(self, stage: str | None, usd: float) -> None:
+        """Spend already in the ledger (earlier attempts and processes of the run, failed launches)."""
+        self._closed.append((stage, usd))
+
+    def open_rows(self) -> set[int]:
+        return {o.row_id for o in self._open.values() if o.row_id is not None}
 
     def stopped(self, item: str, at: datetime) -> float:
         """An instance stopped billing (terminated, interrupted); returns its cost. Stopping an item
@@ -120,9 +135,13 @@ class CostMeter:
         o = self._open.pop(item, None)
         if o is None:
             return 0.0
-        seconds = billed_seconds(max(0.0, (at - o.start).total_seconds()))
+        seconds = max(o.minimum_s, float(math.ceil(round(max(0.0, (at - o.start).total_seconds()), 6))))
         usd = o.price_per_hour * seconds / 3600.0
-        if self.store is not None:
+        if o.row_id is not None:
+            self.closed_rows.add(o.row_id)
+        if self.store is not None and o.row_id is not None:
+            usd = ledger.close_row(self.store, o.row_id, at)
+        elif self.store is not None:
             usd = ledger.record(self.store, self.run_id, self.pipeline, o.stage, "instance", item,
                                 o.price_per_hour / 3600.0, seconds, "second", f"price:{o.source}", at)
         self._closed.append((o.stage, usd))
@@ -142,8 +161,7 @@ class CostMeter:
     def spent(self, now: datetime, stage: str | None = None) -> float:
         """Stopped items plus running ones billed as if stopped at ``now``."""
         closed = sum(usd for s, usd in self._closed if stage is None or s == stage)
-        return closed + sum(instance_cost(o.price_per_hour, max(0.0, (now - o.start).total_seconds()))
-                            for o in self._open.values() if stage is None or o.stage == stage)
+        return closed + sum(o.cost(now) for o in self._open.values() if stage is None or o.stage == stage)
 
     def burn_rate(self, stage: str | None = None) -> float:
         """USD per second of everything running now."""

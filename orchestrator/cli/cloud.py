@@ -6,8 +6,6 @@ lhorch.providers.aws, only when one of these commands runs."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -17,7 +15,7 @@ from rich.table import Table
 
 from lhorch.orchestrator.cli.output import console
 from lhorch.orchestrator.core.errors import LhorchError
-from lhorch.orchestrator.core.status import RunStatus
+from lhorch.orchestrator.state import run_lock
 from lhorch.orchestrator.state.store import Store
 from lhorch.providers.aws import records
 from lhorch.providers.local import LocalProvider
@@ -47,23 +45,9 @@ def _aws_call(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
 
 
 def live_runs(store: Store) -> set[str]:
-    """Runs that may still be using their clusters: status running, and on this host their process
-    is alive (another host's runs are assumed alive; their clusters still expire on their own)."""
-    here = socket.gethostname()
-    live = set()
-    for row in store.runs_in({RunStatus.RUNNING}):
-        if row["host"] != here:
-            live.add(row["id"])
-            continue
-        try:
-            os.kill(int(row["pid"] or 0), 0) if row["pid"] else None
-        except ProcessLookupError:
-            continue
-        except PermissionError:
-            pass  # alive, owned by someone else
-        if row["pid"]:
-            live.add(row["id"])
-    return live
+    """Runs that may still be using their clusters: decided by each run's lock (state/run_lock.py),
+    never by the status column, which a killed process leaves at running."""
+    return run_lock.live_runs(store)
 
 
 @click.command("clusters")
@@ -156,6 +140,8 @@ def gc_cmd(dry_run: bool, all_installs: bool, yes: bool) -> None:
     store = Store()
     live = live_runs(store)
     now = datetime.now(timezone.utc)
+    if not dry_run:  # issue 16: a killed run shows as interrupted once gc has closed its ledger rows
+        run_lock.mark_gone_interrupted(store)
     total = 0
     for line in LocalProvider(store.home).sweep(now, live, dry_run=dry_run):
         total += 1

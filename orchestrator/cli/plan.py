@@ -20,7 +20,13 @@ from lhorch.orchestrator.core.policy_name import PolicyName
 from lhorch.orchestrator.core.profile import Profile
 from lhorch.orchestrator.machine.profiler import get_profile
 from lhorch.orchestrator.pipeline.loader import load_pipeline
-from lhorch.orchestrator.planning.planner import explain_stage, history_observations, make_plan, require_feasible
+from lhorch.orchestrator.planning.planner import (
+    explain_stage,
+    history_observations,
+    make_plan,
+    require_cloud_access,
+    require_feasible,
+)
 from lhorch.orchestrator.state.store import Store
 
 
@@ -117,4 +123,5 @@ def plan(pipeline_file: Path, policy: str | None, as_json: bool, profile_file: P
     else:
         render(result, console())
     require_feasible(result)
+    require_cloud_access(pipeline, result)
 

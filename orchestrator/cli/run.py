@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import click
 
 from lhorch.orchestrator.cli.output import console, emit_json
+from lhorch.orchestrator.core import interrupts
 from lhorch.orchestrator.core.errors import EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_STAGE_FAILED, NotFoundError
+from lhorch.orchestrator.core.interrupts import RunInterrupted
 from lhorch.orchestrator.core.policy_name import PolicyName
 from lhorch.orchestrator.core.status import RunStatus
 from lhorch.orchestrator.execution.pipeline_run import execute
@@ -55,18 +57,16 @@ def run(file: Path | None, resume: str | None, fresh: bool, new: bool, no_cache:
         file = Path(row["pipeline_file"])
     pipeline = load_pipeline(file)
 
-    # SIGTERM is handled like Ctrl-C: stop the stages, release every cluster, keep what finished.
-    def _term(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _term)
+    # SIGTERM is handled like Ctrl-C: stop the stages, release every cluster, keep what finished; once
+    # stopping, further interrupts wait for the teardown to end (core/interrupts.py).
+    interrupts.install()
     try:
-        result = execute(store, pipeline, file, resume=resume, fresh=fresh, policy=policy, keep_ray=keep_ray,
-                         only_if_changed=only_if_changed, trigger=trigger, quiet=quiet or as_json, no_cache=no_cache,
-                         new=new)
-    except KeyboardInterrupt:
-        click.secho("Interrupted: running stages were stopped and clusters released. "
-                    "`lhorch run` again (or --resume) continues where it stopped.", fg="yellow", err=True)
+        with _cloud_errors(pipeline.cloud.provider):
+            result = execute(store, pipeline, file, resume=resume, fresh=fresh, policy=policy, keep_ray=keep_ray,
+                             only_if_changed=only_if_changed, trigger=trigger, quiet=quiet or as_json,
+                             no_cache=no_cache, new=new)
+    except KeyboardInterrupt as exc:
+        click.secho(_interrupted_message(exc), fg="yellow", err=True)
         sys.exit(EXIT_INTERRUPTED)
     report = _write_report(store, result.run_id)  # before the summary, so that --json carries its path too
     if as_json:
@@ -81,6 +81,30 @@ def run(file: Path | None, resume: str | None, fresh: bool, new: bool, no_cache:
         sys.exit(EXIT_BUDGET)
     if not result.ok:
         sys.exit(EXIT_STAGE_FAILED)
+
+
+def _cloud_errors(provider: str) -> AbstractContextManager[None]:
+    """A safety net at the CLI for AWS errors raised outside the provider's own boundary (artifact
+    transfers while staging): one line, a hint and exit 5, never a traceback (issue 17)."""
+    if provider != "aws":
+        return nullcontext()
+    # Deferred: botocore costs ~0.5 s to import, and only a pipeline on AWS needs it.
+    from lhorch.providers.aws.context import aws_errors
+
+    return aws_errors()
+
+
+def _interrupted_message(exc: KeyboardInterrupt) -> str:
+    """Say what was stopped and released, and only that."""
+    if not isinstance(exc, RunInterrupted):
+        return "Interrupted before the run started."
+    done = []
+    if exc.stopped:
+        done.append("stopped " + ", ".join(exc.stopped))
+    if exc.released:
+        done.append("released " + ", ".join(exc.released))
+    return (f"Interrupted: {'; '.join(done) or 'no stage was running and no cluster was up'}. "
+            f"`lhorch run --resume {exc.run_id}` continues where it stopped.")
 
 
 def _write_report(store: Store, run_id: str) -> Path | None:

@@ -10,6 +10,7 @@ from lhorch.orchestrator.core.errors import NotFoundError
 from lhorch.orchestrator.core.status import StageStatus
 from lhorch.orchestrator.report.html import duration
 from lhorch.orchestrator.report.view import run_rows, run_view
+from lhorch.orchestrator.state.run_lock import mark_gone_interrupted
 from lhorch.orchestrator.state.store import Store
 
 
@@ -19,7 +20,9 @@ from lhorch.orchestrator.state.store import Store
 @click.option("--json", "as_json", is_flag=True)
 def runs(pipeline: str | None, limit: int, as_json: bool) -> None:
     """List recent runs with their duration, cost and headline metric."""
-    rows = run_rows(Store(), pipeline, limit)
+    store = Store()
+    mark_gone_interrupted(store)  # a run whose process is gone shows as interrupted, not running
+    rows = run_rows(store, pipeline, limit)
     if as_json:
         emit_json([r.as_json() for r in rows])
         return
@@ -38,7 +41,9 @@ def runs(pipeline: str | None, limit: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def status(run_id: str, as_json: bool) -> None:
     """Show a run and its stages: where each ran, how long, what it cost, its memory peak."""
-    view = run_view(Store(), run_id)
+    store = Store()
+    mark_gone_interrupted(store)
+    view = run_view(store, run_id)
     if view is None:
         raise NotFoundError(f"no run {run_id!r}", hint="`lhorch runs` lists the runs.")
     m = view.money

@@ -19,6 +19,12 @@ class ClusterRequest(BaseModel):
     owner: str = ""
     expires_at: datetime | None = Field(None, description="Hard stop: the nodes terminate themselves then.")
     idle_minutes: float = 10.0
+    spend_limit_usd: float | None = Field(
+        None, description="Budget: the most the cluster may bill from its launch to its hard stop, so the launch "
+                          "path can set the hard stop from the price of the candidate it actually launches.")
+    min_run_seconds: float = Field(
+        0.0, description="Start-up plus the shortest useful work of its stages: a launch whose hard stop would "
+                         "come sooner is refused before it is paid for.")
 
 
 class Cluster(BaseModel):

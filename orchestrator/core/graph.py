@@ -9,59 +9,77 @@ if TYPE_CHECKING:
 
 
 def topological_order(stages: dict[str, Stage]) -> list[str]:
-    """Stage names so that every stage comes after what it needs (ties in file order)."""
-    order: list[str] = []
-    done: set[str] = set()
-    remaining = list(stages)
-    while remaining:
-        ready = [s for s in remaining if all(n in done for n in stages[s].needs)]
-        if not ready:
-            raise ValueError("the stages' needs form a cycle")
-        for s in ready:
-            order.append(s)
-            done.add(s)
-        remaining = [s for s in remaining if s not in done]
-    return order
+    """Stage names so that every stage comes after what it needs (ties in file order).
+
+    Stages come in rounds, as if run in waves: a stage's round is one more than the latest of its
+    needs; within a round, file order. Linear in stages and needs (a 200,000-stage file, issue 17).
+    """
+    level: dict[str, int] = {}
+    for name in stages:
+        if name in level:
+            continue
+        # Depth-first without recursion: a chain of needs may be as long as the file.
+        stack: list[tuple[str, int]] = [(name, 0)]
+        on_path = {name}
+        while stack:
+            node, i = stack[-1]
+            needs = [n for n in stages[node].needs if n in stages]
+            if i < len(needs):
+                stack[-1] = (node, i + 1)
+                nxt = needs[i]
+                if nxt in on_path:
+                    raise ValueError("the stages' needs form a cycle")
+                if nxt not in level:
+                    stack.append((nxt, 0))
+                    on_path.add(nxt)
+                continue
+            level[node] = 1 + max((level[n] for n in needs), default=-1)
+            stack.pop()
+            on_path.discard(node)
+    position = {name: i for i, name in enumerate(stages)}
+    return sorted(stages, key=lambda s: (level[s], position[s]))
 
 
 def find_cycle(stages: dict[str, Stage]) -> list[str] | None:
     """One cycle in the needs graph as a list of names (first repeated at the end), or None."""
     colour: dict[str, int] = {}
-    path: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        colour[node] = 1
-        path.append(node)
-        for nxt in stages[node].needs:
-            if nxt not in stages:
+    for start in stages:
+        if start in colour:
+            continue
+        # Iterative depth-first search: the recursive one hit Python's recursion limit on long chains.
+        path: list[str] = [start]
+        cursor: list[int] = [0]
+        colour[start] = 1
+        while path:
+            node = path[-1]
+            needs = stages[node].needs
+            if cursor[-1] < len(needs):
+                nxt = needs[cursor[-1]]
+                cursor[-1] += 1
+                if nxt not in stages:
+                    continue
+                if colour.get(nxt) == 1:
+                    return path[path.index(nxt):] + [nxt]
+                if nxt not in colour:
+                    colour[nxt] = 1
+                    path.append(nxt)
+                    cursor.append(0)
                 continue
-            if colour.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
-            if nxt not in colour:
-                found = visit(nxt)
-                if found:
-                    return found
-        colour[node] = 2
-        path.pop()
-        return None
-
-    for name in stages:
-        if name not in colour:
-            found = visit(name)
-            if found:
-                return found
+            colour[node] = 2
+            path.pop()
+            cursor.pop()
     return None
 
 
 def ancestors(stages: dict[str, Stage], name: str) -> list[str]:
     """Every stage that `name` depends on, nearest first (breadth-first over needs)."""
-    seen: list[str] = []
+    seen: dict[str, None] = {}  # ordered and O(1) membership
     frontier = list(stages[name].needs)
     while frontier:
         nxt: list[str] = []
         for s in frontier:
             if s not in seen:
-                seen.append(s)
+                seen[s] = None
                 nxt.extend(stages[s].needs)
         frontier = nxt
-    return seen
+    return list(seen)

@@ -10,6 +10,7 @@ import re
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
+from croniter import croniter
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from lhorch.orchestrator.core.durations import parse_duration
@@ -142,7 +143,8 @@ class Stage(Model):
     @field_validator("needs")
     @classmethod
     def _unique_needs(cls, needs: list[str]) -> list[str]:
-        dup = sorted({n for n in needs if needs.count(n) > 1})
+        seen: set[str] = set()
+        dup = sorted({n for n in needs if n in seen or seen.add(n)})  # type: ignore[func-returns-value]
         if dup:
             raise ValueError(f"lists {', '.join(dup)} more than once")
         return needs
@@ -253,6 +255,11 @@ class Schedule(Model):
     def _cron(cls, cron: str) -> str:
         if len(cron.split()) not in (5, 6):
             raise ValueError(f"{cron!r} is not a cron expression (5 fields: minute hour day month weekday)")
+        # Checked here, not first when the scheduler fires (issue 17): "61 25 * * *" has no minute 61.
+        # Six fields put seconds first, as lhorch.orchestrator.scheduling.cron reads them.
+        if not croniter.is_valid(cron, second_at_beginning=len(cron.split()) == 6):
+            raise ValueError(f"{cron!r} is not a valid cron expression: minute 0-59, hour 0-23, day 1-31, "
+                             "month 1-12, weekday 0-6")
         return cron
 
     @field_validator("timezone")

@@ -22,7 +22,7 @@ from lhorch.orchestrator.execution.heartbeat import Heartbeats
 from lhorch.orchestrator.execution.progress import Reporter
 from lhorch.orchestrator.execution.ray_jobs import RayJobs
 from lhorch.orchestrator.state.store import Store, utcnow
-from lhorch.providers.base import HeartbeatingProvider, Provider
+from lhorch.providers.base import HardStoppingProvider, HeartbeatingProvider, Provider
 
 LOCAL = "local"
 
@@ -54,6 +54,8 @@ class ClusterPool:
         self.guard = guard
         self.heartbeat_seconds = heartbeat_seconds
         self.on_acquired = on_acquired
+        self.acquiring: str | None = None  # the target whose cluster is being started now
+        self.released: list[str] = []  # targets released by this process, in order
         self.targets: dict[str, Target] = {}
         self._heartbeats: Heartbeats | None = None
 
@@ -96,9 +98,14 @@ class ClusterPool:
             self.store.event(self.run_id, "cluster", f"acquire {target.key}")
             if self.guard is not None and not target.local:
                 self.guard.before_acquire(target.request, target.stages)
-            target.cluster = target.provider.acquire(target.request)
+            self.acquiring = target.key
+            try:
+                target.cluster = target.provider.acquire(target.request)
+            finally:
+                self.acquiring = None
             if self.guard is not None and not target.local:
-                self.guard.acquired(target.cluster, target.stages)
+                lower = target.provider.lower_hard_stop if isinstance(target.provider, HardStoppingProvider) else None
+                self.guard.acquired(target.cluster, target.stages, lower)
             target.jobs = RayJobs(target.cluster)
             target.lost = None
             if isinstance(target.provider, HeartbeatingProvider) and self._heartbeats is None:
@@ -116,9 +123,15 @@ class ClusterPool:
         if target.cluster is not None and not target.released:
             target.provider.release(target.cluster)
             target.released = True
+            self.released.append(target.key)
             if self.guard is not None:
                 self.guard.released(target.cluster)
             self.store.event(self.run_id, "cluster", f"released {target.key}")
+
+    def still_up(self) -> list[str]:
+        """What this run has up (or is starting) and not yet released, for the third Ctrl-C."""
+        up = [t.key for t in self.targets.values() if t.cluster is not None and not t.released]
+        return up + ([f"{self.acquiring} (starting)"] if self.acquiring else [])
 
     def release_all(self) -> None:
         """Stop the heartbeats and release every cluster, trying each; raise listing every failure."""

@@ -9,6 +9,7 @@ shipped as the job's working directory, without the data the stages read.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -23,7 +24,7 @@ from lhorch.orchestrator.core.errors import LhorchError
 from lhorch.orchestrator.core.spec import Pipeline
 from lhorch.orchestrator.core.stage_message import ENV_VAR, StageMessage
 from lhorch.orchestrator.core.status import StageStatus
-from lhorch.orchestrator.execution import staging
+from lhorch.orchestrator.execution import process_group, staging
 from lhorch.orchestrator.execution.logs import LogTail
 from lhorch.orchestrator.execution.ray_jobs import RayJobs
 from lhorch.orchestrator.execution.stage_cache import break_links
@@ -90,12 +91,19 @@ class StageLauncher:
         spec = self.pipeline.stages[stage]
         secrets = staging.secret_values(self.pipeline, stage)  # a missing one fails before anything starts
         out_dir = art.output_dir(self.run_dir, stage)
+        pgid_file = art.stage_dir(self.run_dir, stage) / process_group.PGID_FILE
+        if not cluster.remote and process_group.end_recorded(pgid_file):
+            # An earlier attempt (of a killed lhorch) still ran: never two copies writing into one folder.
+            self.store.event(self.run_id, "stage", "ended the processes of an earlier attempt", stage=stage)
         clear_partial_outputs(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         attempt_id = self.store.start_attempt(self.run_id, stage, key, target_key, cluster.name)
         attempt = self.store.attempt_number(attempt_id)
         env = self.stage_env(stage, inputs, out_dir, cluster)
         env["LHORCH_ATTEMPT"] = str(attempt)
+        if not cluster.remote:
+            env[process_group.PGID_FILE_VAR] = str(pgid_file)
+            env[process_group.OWNER_PID_VAR] = str(os.getpid())
         env.update(staging.secret_env(self.store, self.run_id, stage, cluster, secrets))
         job_id = f"lhorch-{self.run_id}-{stage}-{attempt}"
         # A distributed job's Ray Train workers take the stage's CPUs and GPUs: its driver reserves none.

@@ -21,7 +21,12 @@ from lhorch.orchestrator.execution.progress import Reporter, make_reporter
 from lhorch.orchestrator.execution.runner import Runner, RunOptions, RunResult
 from lhorch.orchestrator.machine.profiler import get_profile
 from lhorch.orchestrator.planning.estimator import local_offer
-from lhorch.orchestrator.planning.planner import history_observations, make_plan, require_feasible
+from lhorch.orchestrator.planning.planner import (
+    history_observations,
+    make_plan,
+    require_cloud_access,
+    require_feasible,
+)
 from lhorch.orchestrator.state.store import Store
 from lhorch.providers.base import Provider
 from lhorch.providers.factory import providers_for
@@ -67,6 +72,7 @@ def execute(store: Store, pipeline: Pipeline, file: Path, *, resume: str | None 
     allow_cloud = monthly_allows_cloud(store, pipeline.name, pipeline.budget, clock.now())
     plan, profile = plan_run(store, pipeline, policy, allow_cloud=allow_cloud)
     require_feasible(plan)  # refused before anything starts or is paid for
+    require_cloud_access(pipeline, plan)  # no AWS credentials or region: exit 5 now, not a traceback later
     check_budget(pipeline, plan, spent)
     providers: dict[str, Provider] = {"local": local_provider(store, keep_ray)}
     if any(p.target == "cloud" for p in plan.placements.values()):

@@ -29,16 +29,18 @@ from datetime import datetime
 from pathlib import Path
 
 from lhorch.orchestrator.budget.guard import BudgetGuard
+from lhorch.orchestrator.core import interrupts
 from lhorch.orchestrator.core.cluster import Cluster
 from lhorch.orchestrator.core.errors import ClusterUnreachable
 from lhorch.orchestrator.core.graph import topological_order
+from lhorch.orchestrator.core.interrupts import RunInterrupted
 from lhorch.orchestrator.core.plan import Placement, Plan
 from lhorch.orchestrator.core.spec import Pipeline
 from lhorch.orchestrator.core.status import JobStatus, RunStatus, StageStatus
 from lhorch.orchestrator.execution import staging
 from lhorch.orchestrator.execution.cluster_pool import ClusterPool, Target
 from lhorch.orchestrator.execution.launch import RunningAttempt, StageLauncher
-from lhorch.orchestrator.execution.opening import RunOptions, open_run
+from lhorch.orchestrator.execution.opening import OpenedRun, RunOptions, open_run
 from lhorch.orchestrator.execution.outcome import Decision, blocked, decide, past_backstop, ready, run_status
 from lhorch.orchestrator.execution.progress import RETRYING, QuietReporter, Reporter
 from lhorch.orchestrator.execution.recording import Recorder, missing_outputs, read_usage
@@ -104,13 +106,27 @@ class Runner:
         self.hard_stop_at = hard_stop_at
         self.guard = guard
         self.heartbeat_seconds = heartbeat_seconds
+        self._stopped: list[str] = []  # stages this process stopped (Ctrl-C, budget, error)
 
     # --- entry --------------------------------------------------------------------------------
     def run(self) -> RunResult:
         opened = open_run(self.store, self.pipeline, self.file, self.plan, self.options, self.reporter)
+        try:
+            return self._run(opened)
+        except KeyboardInterrupt as exc:
+            # Said by the CLI: what was stopped and released, and only that.
+            pool = getattr(self, "pool", None)
+            raise RunInterrupted(self.run_id, list(pool.released) if pool else [], self._stopped) from exc
+        finally:
+            interrupts.set_still_up(None)
+            if opened.lock is not None:
+                opened.lock.release()  # the run is no longer live: `lhorch gc` may now sweep its leftovers
+
+    def _run(self, opened: OpenedRun) -> RunResult:
         self.run_id, self.run_dir, self._previous = opened.run_id, opened.run_dir, opened.previous
         self.pool = ClusterPool(self.store, self.run_id, self.providers, self.reporter, guard=self.guard,
                                 heartbeat_seconds=self.heartbeat_seconds, on_acquired=self.on_cluster_acquired)
+        interrupts.set_still_up(self.pool.still_up)
         self.launcher = StageLauncher(self.store, self.pipeline, self.run_id, self.run_dir, self.base_dir)
         self.recorder = Recorder(self.store, self.pipeline, self.plan, self.run_id, self.machine)
         self.reuse = StageReuse(self.store, self.pipeline, self.base_dir, self.file, fresh=self.options.fresh,
@@ -128,6 +144,7 @@ class Runner:
         self.pool.plan_targets(self.pipeline, self.plan, self.order, self.hard_stop_at)
         if self.guard is not None:
             self.guard.open(self.run_id, self.plan)
+            self.guard.start()  # checks from its own thread, also while an acquire or a transfer blocks
         status, message = RunStatus.FAILED, ""
         try:
             self._loop()
@@ -146,13 +163,15 @@ class Runner:
             self._stop_all(str(exc))
             raise
         finally:
-            try:
-                self.pool.release_all()
-            finally:
-                if self.guard is not None:
-                    self.guard.close()
-            self.store.update_run(self.run_id, status=status, finished_at=utcnow(), error=message or None)
-            self.store.event(self.run_id, "run", f"run {status}", reason=message)
+            # Teardown is not cut short by another Ctrl-C (issue 17); one that comes is raised after it.
+            with interrupts.deferred():
+                try:
+                    self.pool.release_all()
+                finally:
+                    if self.guard is not None:
+                        self.guard.close()
+                    self.store.update_run(self.run_id, status=status, finished_at=utcnow(), error=message or None)
+                    self.store.event(self.run_id, "run", f"run {status}", reason=message)
         return RunResult(self.run_id, status, dict(self.state), self.run_dir, opened.resumed, message)
 
     # --- the loop -----------------------------------------------------------------------------
@@ -276,6 +295,7 @@ class Runner:
     def _stop_all(self, why: str) -> None:
         self.stop_requested = True
         for stage, run in list(self.running.items()):
+            self._stopped.append(stage)
             try:
                 run.jobs.stop(run.job_id)
             except Exception as exc:  # the cluster may be gone; the attempt is marked stopped either way

@@ -4,8 +4,11 @@
 It reads what to run from ``LHORCH_EXEC`` (a StageMessage, lhorch.orchestrator.core.stage_message), and:
 - on a remote cluster, fetches the inputs from the artifact store into scratch space first and sends
   the outputs back afterwards, so the job itself only ever sees local paths (jobs/context.py);
-- runs the stage's command (``run:``) or built-in job (``uses:``) as a child in the same process
-  group, so that stopping the Ray job stops the stage;
+- runs the stage's command (``run:``, under bash with ``set -o pipefail``) or built-in job (``uses:``)
+  in its own process group (the one Ray made for the job, which Ray kills when the job is stopped),
+  and ends everything else in that group (a pipeline's every command, whatever they started) on a
+  timeout, when the lhorch that launched it or its own parent is gone (lhorch or its Ray node killed),
+  and when the stage ends, so nothing of an attempt outlives it (process_group.py, issue 17);
 - enforces the stage's timeout on the node itself, so it holds even when lhorch is gone;
 - writes ``.lhorch-usage.json`` (wall time, peak RSS) next to the outputs for the profiler's history.
 
@@ -28,12 +31,14 @@ import time
 from pathlib import Path
 
 from lhorch.orchestrator.core.stage_message import ENV_VAR, EXIT_TIMEOUT, USAGE_FILE, RemoteArtifacts, StageMessage
+from lhorch.orchestrator.execution import process_group
 from lhorch.providers.transfer import read_secrets, store_for_uri
 
 # Set by lhorch.orchestrator.execution.staging.secret_env (which this module cannot import: it runs on bare nodes).
 SECRET_NAMES_VAR = "LHORCH_SECRET_NAMES"
 SECRETS_URI_VAR = "LHORCH_SECRETS_URI"
 SECRETS_FILE_VAR = "LHORCH_SECRETS_FILE"
+WATCH_S = 0.5  # how often the wrapper checks that its parent (the Ray job's supervisor) is still there
 
 
 def _secrets(env: dict[str, str]) -> list[str]:
@@ -85,6 +90,28 @@ def _send_outputs(remote: RemoteArtifacts, out_dir: Path) -> None:
     store_for_uri(remote.output_uri).put(out_dir, remote.output_uri)
 
 
+def _wait(child: subprocess.Popen, timeout: float | None, owner: int) -> int:
+    """The stage's exit code; EXIT_TIMEOUT after ending it when it ran past ``timeout``. It is ended too
+    when the lhorch process that launched it (``owner``, on this machine) or the wrapper's parent is gone."""
+    parent = os.getppid()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = WATCH_S if deadline is None else min(WATCH_S, deadline - time.monotonic())
+        try:
+            return child.wait(timeout=max(left, 0.0))
+        except subprocess.TimeoutExpired:
+            pass
+        if os.getppid() != parent or (owner and not process_group.pid_alive(owner)):
+            print("[lhorch] the lhorch process running this stage is gone; stopping the stage", flush=True)
+            process_group.end_others()
+            return child.wait()
+        if deadline is not None and time.monotonic() >= deadline:
+            print(f"[lhorch] stage timed out after {timeout:.0f} s; stopping it", flush=True)
+            process_group.end_others(grace=10.0)
+            child.wait()
+            return EXIT_TIMEOUT
+
+
 def main() -> int:
     # What the stage writes (outputs, logs, checkpoints) is for this user only (issue 15).
     os.umask(0o077)
@@ -109,13 +136,19 @@ def main() -> int:
     if message.kind == "uses":
         argv, shell = [sys.executable, "-m", str(message.module)], False
     else:
-        argv, shell = str(message.command), True
+        # pipefail: `python train.py | tee log` fails when train.py does, not when tee succeeds.
+        argv, shell = "set -o pipefail\n" + str(message.command), True
     cwd = message.cwd
     if cwd and not Path(cwd).is_dir():
         cwd = None
     started = time.monotonic()
     print(f"[lhorch] stage {env.get('LHORCH_STAGE')} starting on {os.uname().nodename}", flush=True)
     piped = subprocess.PIPE if secret_values else None
+    pgid_file = env.pop(process_group.PGID_FILE_VAR, None)
+    owner = int(env.pop(process_group.OWNER_PID_VAR, "0") or 0)
+    if pgid_file:
+        process_group.record(Path(pgid_file), os.getpgid(0))
+    # In this process's group: whatever kills the Ray job's group kills the whole stage.
     child = subprocess.Popen(argv, shell=shell, env=env, cwd=cwd, executable="/bin/bash" if shell else None,
                              stdout=piped, stderr=subprocess.STDOUT if piped else None)
     pump = None
@@ -129,18 +162,9 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, _forward)
     signal.signal(signal.SIGINT, _forward)
-    timeout = message.timeout
-    try:
-        code = child.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        print(f"[lhorch] stage timed out after {timeout:.0f} s; stopping it", flush=True)
-        child.terminate()
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-        code = EXIT_TIMEOUT
+    code = _wait(child, message.timeout, owner)
+    # Whatever the stage left running (a `tee`, a daemon it started) ends with the attempt.
+    process_group.end_others(grace=2.0)
     if pump is not None:
         pump.join(timeout=10)
     wall = time.monotonic() - started

@@ -21,6 +21,7 @@ from lhorch.policies.builtin import ObjectivePolicy
 from lhorch.policies.builtin import explain_stage as builtin_explain
 from lhorch.policies.problem import Problem
 from lhorch.providers.aws.catalogue import catalogue_offers  # the bundled price list: no boto3
+from lhorch.providers.aws.preflight import require_credentials  # imports boto3 only when called
 
 
 # An existing Ray cluster (cloud.provider: ray) is already paid for and its shape is not known
@@ -67,7 +68,34 @@ def make_plan(pipeline: Pipeline, profile: Profile, offers: list[Offer] | None =
     :func:`require_feasible`.
     """
     usable, chosen, estimator = _setup(pipeline, profile, offers, observations, policy, observed_output_gb)
-    return chosen.plan(pipeline, profile, usable, estimator, pipeline.budget)
+    return _note_unfit_types(pipeline, chosen.plan(pipeline, profile, usable, estimator, pipeline.budget),
+                             usable, estimator)
+
+
+def _note_unfit_types(pipeline: Pipeline, plan: Plan, usable: list[Offer], estimator: Estimator) -> Plan:
+    """Say in the plan when a stage left local only because no listed cloud type can hold it: it
+    silently ran locally before (issue 17). Pinned stages are refused by the policy already."""
+    cloud_offers_ = [o for o in usable if not o.is_local]
+    if not pipeline.cloud.instance_types or not cloud_offers_:
+        return plan
+    placements = dict(plan.placements)
+    for name, placement in plan.placements.items():
+        stage = pipeline.stages[name]
+        if placement.target != "local" or stage.placement != "auto":
+            continue
+        problems = [estimator.fit_problem(name, stage, o) for o in cloud_offers_]
+        if all(problems):
+            why = f"no type in cloud.instance_types fits ({problems[0]})"
+            reason = f"{placement.reason}; {why}" if placement.reason else why
+            placements[name] = placement.model_copy(update={"reason": reason})
+    return plan.model_copy(update={"placements": placements})
+
+
+def require_cloud_access(pipeline: Pipeline, plan: Plan) -> None:
+    """CloudError (exit 5, with a hint) when ``plan`` places a stage on AWS and there are no AWS
+    credentials or no region: found before anything starts, not as a traceback mid-run (issue 17)."""
+    if pipeline.cloud.provider == "aws" and any(p.target == "cloud" for p in plan.placements.values()):
+        require_credentials(pipeline.cloud.region, pipeline.cloud.profile)
 
 
 def _setup(pipeline: Pipeline, profile: Profile, offers: list[Offer] | None, observations: Observations,

@@ -184,6 +184,16 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX cache_entries_used ON cache_entries(last_used_at);
     """,
+    # open ledger rows (issue 16): a billable resource is in the ledger before its create call
+    # returns, at its worst case (to its hard stop) until the run, down or gc closes it
+    """
+    ALTER TABLE ledger ADD COLUMN state TEXT NOT NULL DEFAULT 'closed';
+    ALTER TABLE ledger ADD COLUMN resource_id TEXT;
+    ALTER TABLE ledger ADD COLUMN started_at TEXT;
+    ALTER TABLE ledger ADD COLUMN ends_by TEXT;
+    ALTER TABLE ledger ADD COLUMN minimum_s REAL NOT NULL DEFAULT 0;
+    CREATE INDEX ledger_open ON ledger(state, run_id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

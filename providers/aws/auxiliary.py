@@ -51,8 +51,14 @@ class Auxiliary:
             if error_code(exc) != "ParameterNotFound":
                 raise
             value = secrets.token_hex(32)
-            ssm.put_parameter(Name=param, Value=value, Type="SecureString", Tags=security.tag_list(tags),
-                              Description="lhorch Ray cluster token")
+            try:
+                ssm.put_parameter(Name=param, Value=value, Type="SecureString", Tags=security.tag_list(tags),
+                                  Description="lhorch Ray cluster token")
+            except ClientError as race:
+                if error_code(race) != "ParameterAlreadyExists":
+                    raise
+                # Another acquire of this cluster made it between our read and write: use theirs.
+                value = ssm.get_parameter(Name=param, WithDecryption=True)["Parameter"]["Value"]
         records.mark_created(store, "parameter", param, param)
         return SecretStr(value)
 

@@ -7,7 +7,9 @@ fetching the token, starting Ray), so a node whose bootstrap breaks still termin
 2. ``lhorch-watchdog`` (a systemd service): every ``check`` seconds it reads the instance's own
    ``lhorch:heartbeat`` tag through IMDSv2 (instance metadata tags are enabled at launch) and runs
    ``shutdown -h now`` when lhorch has not touched the tag for ``idle`` seconds, or at the hard stop.
-   An unreadable tag counts as no check-in, so the switch fails towards terminating.
+   An unreadable tag counts as no check-in, so the switch fails towards terminating. It re-reads the
+   ``lhorch:expires-at`` tag at every check too and obeys it when it is earlier than the boot-time
+   hard stop: lhorch lowers it when another cluster of the run starts (issue 16).
    InstanceInitiatedShutdownBehavior=terminate turns either shutdown into termination.
 3. Install the same Python, Ray and lhorch versions as the laptop, fetch the Ray token from the
    SSM SecureString parameter (with the instance role; it never appears in user data), start Ray
@@ -82,6 +84,10 @@ while true; do
   now=$(date +%s)
   if hb=$(read_tag lhorch:heartbeat) && seen=$(date -d "$hb" +%s 2>/dev/null); then
     if [ "$seen" -gt "$last" ]; then last=$seen; fi
+  fi
+  # The hard stop can move earlier while the node runs (a second cluster of the run shares its cap).
+  if ex=$(read_tag lhorch:expires-at) && e=$(date -d "$ex" +%s 2>/dev/null); then
+    if [ "$e" -lt "$EXPIRES" ]; then EXPIRES=$e; fi
   fi
   if [ "$now" -ge "$EXPIRES" ]; then
     echo "lhorch-watchdog: hard stop reached; shutting down"; $SHUTDOWN; exit 0

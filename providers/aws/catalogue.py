@@ -37,6 +37,16 @@ def instance_types() -> list[dict[str, Any]]:
     return [dict(row) for row in _raw()["instance_types"]]
 
 
+@lru_cache(maxsize=1)
+def type_names() -> frozenset[str]:
+    """The instance types the catalogue knows (what `cloud.instance_types` may name)."""
+    return frozenset(row["name"] for row in _raw()["instance_types"])
+
+
+def is_known_type(name: str) -> bool:
+    return name in type_names()
+
+
 def region_price_factor(region: str | None) -> float:
     """Rough price of ``region`` relative to us-east-1 (documented in catalogue.json)."""
     raw = _raw()
@@ -108,4 +118,5 @@ def merge_live_prices(offers: Iterable[Offer], live: Mapping[tuple[str, str], fl
     return merged
 
 
-__all__ = ["catalogue_offers", "merge_live_prices", "catalogue_date", "instance_types", "region_price_factor"]
+__all__ = ["catalogue_offers", "merge_live_prices", "catalogue_date", "instance_types", "is_known_type",
+           "region_price_factor", "type_names"]

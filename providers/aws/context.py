@@ -4,6 +4,7 @@ session, the store, and time (clock, sleep, monotonic, backoff), so tests contro
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,8 +30,31 @@ def aws_errors() -> Iterator[None]:
     try:
         yield
     except (ClientError, BotoCoreError) as exc:
-        raise CloudError(f"AWS: {exc}",
-                         hint="Check your credentials and region (`aws sts get-caller-identity`).") from exc
+        code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
+        if code in THROTTLING_CODES:
+            hint = (f"AWS kept throttling lhorch's requests ({max_attempts()} attempts each). Wait a minute and run "
+                    "again (`lhorch run` resumes); `lhorch gc` removes anything left meanwhile.")
+        else:
+            hint = "Check your credentials and region (`aws sts get-caller-identity`)."
+        raise CloudError(f"AWS: {exc}", hint=hint) from exc
+
+
+# What botocore's retry modes treat as throttling (botocore/retries/standard.py), for the hint.
+THROTTLING_CODES = frozenset({
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException", "TooManyRequestsException",
+    "ProvisionedThroughputExceededException", "TransactionInProgressException", "RequestLimitExceeded",
+    "BandwidthLimitExceeded", "LimitExceededException", "RequestThrottled", "SlowDown", "PriorRequestNotComplete",
+    "EC2ThrottledException",
+})
+
+
+def max_attempts() -> int:
+    """Attempts per AWS call, throttling retried with botocore's standard backoff in between: the
+    standard ``AWS_MAX_ATTEMPTS`` setting, else 5 (bounded: a throttled call ends in a CloudError)."""
+    try:
+        return max(1, int(os.environ.get("AWS_MAX_ATTEMPTS", "5")))
+    except ValueError:
+        return 5
 
 
 class AwsClients:
@@ -42,7 +66,8 @@ class AwsClients:
         self._identity: dict[str, str] | None = None
 
     def client(self, service: str, region: str | None = None, config: Config | None = None) -> Any:
-        cfg = config or Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10, read_timeout=60)
+        cfg = config or Config(retries={"max_attempts": max_attempts(), "mode": "standard"},
+                                     connect_timeout=10, read_timeout=60)
         return self.session.client(service, region_name=region or self.region, config=cfg)
 
     @cached_property

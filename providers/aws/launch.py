@@ -9,22 +9,24 @@ Nodes found by tag are reused, so a process that crashed after RunInstances star
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import SecretStr
 
 from lhorch.orchestrator.core.cluster import ClusterRequest
-from lhorch.orchestrator.core.errors import ClusterUnreachable
+from lhorch.orchestrator.core.errors import BudgetError, ClusterUnreachable
 from lhorch.orchestrator.core.plan import Offer
+from lhorch.orchestrator.state import ledger
 from lhorch.providers.aws import ec2 as ec2ops
 from lhorch.providers.aws import records, security
 from lhorch.providers.aws.bootstrap import BootstrapSpec, local_versions, render_user_data
 from lhorch.providers.aws.connect import HeadConnector, HeadNode
 from lhorch.providers.aws.context import AwsContext
 from lhorch.providers.aws.ec2 import (
+    TAG_EXPIRES,
     TAG_HEARTBEAT,
     TAG_MARKET,
     TAG_NODE,
@@ -39,6 +41,12 @@ from lhorch.providers.aws.names import cluster_name, iso, node_name, token_param
 Probe = Callable[[str, SecretStr | None], bool]
 # States from which an instance never comes back to running: the launch has failed.
 GONE_STATES = (None, "shutting-down", "terminated", "stopping", "stopped")
+# What a node bills besides its instance-seconds (us-east-1 list prices): the gp3 root volume per
+# GB-month (https://aws.amazon.com/ebs/pricing/, a month being 730 h) and its public IPv4 address
+# per hour (https://aws.amazon.com/vpc/pricing/, since Feb 2024). EC2 bills at least 60 s per start.
+EBS_USD_PER_GB_MONTH = 0.08
+IPV4_USD_PER_HOUR = 0.005
+EC2_MIN_BILLED_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,9 @@ class Launcher:
             if index < request.nodes and index not in found:
                 found[index] = inst
                 records.mark_created(self.ctx.store, "instance", node_name(name, index), inst["InstanceId"])
+                # A process that died right after RunInstances left its rows unbound: bind them now.
+                ledger.launched(self.ctx.store, request.run_id, node_name(name, index), inst["InstanceId"],
+                                _launch_time(inst, self.ctx.clock()))
         return found
 
     def candidates(self, offer: Offer, subnets: list[dict[str, str]]) -> list[Candidate]:
@@ -181,29 +192,52 @@ class Launcher:
                              expires_at=setup.expires, idle_minutes=request.idle_minutes, head_ip=head_ip,
                              python=self.versions["python"], ray_version=self.versions["ray"],
                              lhorch_requirement=self.lhorch_requirement)
-        user_data = render_user_data(spec)
 
         def launch(candidate: Candidate, attempt: int) -> dict[str, Any]:
             token = ec2ops.client_token(request.run_id, request.group, index, attempt)
             image_id, root = self.image(candidate.instance_type)
             price = self.price(request.offer, candidate)
+            now = ctx.clock()
+            # The hard stop of the candidate actually launched, from its own price (a fallback may cost more).
+            expires = hard_stop(request, setup.expires, price, now)
+            user_data = render_user_data(replace(spec, expires_at=expires))
             node_tags = {**setup.tags, "Name": f"{name}-{role}" + (f"-{index}" if index else ""), TAG_ROLE: role,
                          TAG_NODE: str(index), TAG_PRICE: f"{price:.6f}", TAG_MARKET: candidate.market,
-                         TAG_HEARTBEAT: iso(ctx.clock())}
+                         TAG_HEARTBEAT: iso(now), TAG_EXPIRES: iso(expires)}
             # Intent first, with the exact token: a crash after this line is recoverable by tag or token.
-            records.record_intent(ctx.store, request.run_id, "instance", node, expires_at=setup.expires,
+            records.record_intent(ctx.store, request.run_id, "instance", node, expires_at=expires,
                                   price_per_hour=price, details=ctx.row_details(
                                       request, client_token=token, instance_type=candidate.instance_type,
                                       market=candidate.market, zone=candidate.subnet["zone"]))
+            # The ledger too, at its worst case: if lhorch dies from here on, the month still counts it.
+            self.open_ledger(request, node, candidate, price, now, expires)
             return ec2ops.run_instance(ctx.ec2, candidate=candidate, image_id=image_id, root_device=root,
                                        security_group=setup.security_group, key_name=setup.key_name,
                                        user_data=user_data, instance_profile=setup.instance_profile, tags=node_tags,
                                        token=token, volume_gb=ctx.settings.volume_gb, backoff=ctx.backoff)
 
-        instance, candidate = ec2ops.launch_first_fit(self.candidates(request.offer, setup.subnets), launch)
+        try:
+            instance, candidate = ec2ops.launch_first_fit(self.candidates(request.offer, setup.subnets), launch)
+        except BaseException:
+            ledger.drop_unlaunched(ctx.store, request.run_id, node)  # no candidate was created: nothing bills
+            raise
         records.mark_created(ctx.store, "instance", node, instance["InstanceId"],
                              price_per_hour=float(self.price(request.offer, candidate)))
+        ledger.launched(ctx.store, request.run_id, node, instance["InstanceId"], _launch_time(instance, ctx.clock()))
         return instance
+
+    def open_ledger(self, request: ClusterRequest, node: str, candidate: Candidate, price: float,
+                    now: datetime, expires: datetime) -> None:
+        """Open ledger rows for everything the node bills: its seconds at the candidate's price, its
+        root volume and its public IPv4 address (issue 16)."""
+        store, run = self.ctx.store, request.run_id
+        ledger.open_item(store, run, "instance", node, usd_per_second=price / 3600.0, started_at=now, ends_by=expires,
+                         minimum_s=EC2_MIN_BILLED_S, source=f"price:{candidate.market}:{candidate.instance_type}")
+        gb = self.ctx.settings.volume_gb
+        ledger.open_item(store, run, "volume", f"{node}:ebs", started_at=now, ends_by=expires,
+                         usd_per_second=gb * EBS_USD_PER_GB_MONTH / (730 * 3600.0), source=f"price:ebs-gp3:{gb}GB")
+        ledger.open_item(store, run, "ipv4", f"{node}:ipv4", started_at=now, ends_by=expires,
+                         usd_per_second=IPV4_USD_PER_HOUR / 3600.0, source="price:public-ipv4")
 
     def wait_running(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         def done(state: str | None) -> bool:
@@ -237,3 +271,40 @@ class Launcher:
                 raise ClusterUnreachable(f"the Ray head of {head.cluster} did not answer in {timeout:.0f}s",
                                          hint="See /var/log/lhorch-bootstrap.log on the head (SSM session).")
             ctx.sleep(ctx.settings.poll_interval)
+
+
+def _launch_time(instance: dict[str, Any], default: datetime) -> datetime:
+    at = instance.get("LaunchTime")
+    return at if isinstance(at, datetime) and at.tzinfo is not None else default
+
+
+def hard_stop(request: ClusterRequest, planned: datetime, price_per_hour: float, now: datetime) -> datetime:
+    """The hard stop of a node launched now at ``price_per_hour``: no later than ``planned``, and early
+    enough that the cluster's nodes at this price stay within ``request.spend_limit_usd``. Refused
+    (BudgetError, exit 3) before the launch when that leaves less than start-up plus the shortest
+    useful work: a node told to die before it can work is money spent for nothing."""
+    burn = price_per_hour * request.nodes / 3600.0
+    if request.spend_limit_usd is None or burn <= 0:
+        return planned
+    affordable = request.spend_limit_usd / burn
+    if affordable < request.min_run_seconds:
+        raise BudgetError(
+            f"{request.offer.instance_type if price_per_hour == request.offer.price_per_hour else 'the fallback'} "
+            f"at ${price_per_hour:.4f}/h × {request.nodes} node(s): the ${request.spend_limit_usd:.2f} left of the cap "
+            f"buys {affordable:.0f} s, less than the {request.min_run_seconds:.0f} s of start-up plus the shortest "
+            f"useful work of {request.group}",
+            hint="Raise budget.max_usd, use a cheaper instance type, or pin the stages to local.")
+    return min(planned, now + timedelta(seconds=affordable))
+
+
+def lower_hard_stop(ctx: AwsContext, cluster_ids: list[str], run_id: str, when: datetime) -> None:
+    """Move the nodes' hard stop (their ``lhorch:expires-at`` tag, re-read by the dead-man switch
+    every check) to ``when``; the ledger's worst case shrinks with it. Ids already gone are fine."""
+    if not cluster_ids:
+        return
+    try:
+        ctx.ec2.create_tags(Resources=list(cluster_ids), Tags=[{"Key": TAG_EXPIRES, "Value": iso(when)}])
+    except ClientError as exc:
+        if "NotFound" not in str(exc):
+            raise
+    ledger.lower_ends_by(ctx.store, list(cluster_ids), when)

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from lhorch.orchestrator.core import interrupts
 from lhorch.orchestrator.core.cluster import Cluster, ClusterRequest
 from lhorch.orchestrator.core.errors import CloudError, UsageError
 from lhorch.orchestrator.core.plan import Offer
@@ -39,7 +40,7 @@ from lhorch.providers.aws.ec2 import (
     TAG_RUN,
     tags_of,
 )
-from lhorch.providers.aws.launch import Launcher, NodeSetup, Probe
+from lhorch.providers.aws.launch import Launcher, NodeSetup, Probe, lower_hard_stop
 from lhorch.providers.aws.names import cluster_name, iso, token_parameter
 from lhorch.providers.aws.prices import Fallback, bundled_catalogue
 from lhorch.providers.aws.retry import Backoff
@@ -134,7 +135,8 @@ class AwsProvider:
 
     # --- Provider ------------------------------------------------------------------------------
     def offers(self) -> list[Offer]:
-        return self.ctx.prices.offers(spot=self.settings.spot, instance_types=self.settings.instance_types)
+        with aws_errors():
+            return self.ctx.prices.offers(spot=self.settings.spot, instance_types=self.settings.instance_types)
 
     def acquire(self, request: ClusterRequest) -> Cluster:
         """Start or reuse the cluster of (run_id, group): auxiliary resources first, then the nodes.
@@ -142,6 +144,25 @@ class AwsProvider:
         if request.nodes > self.settings.max_instances:
             raise UsageError(f"{request.nodes} nodes asked for, at most {self.settings.max_instances} allowed",
                              hint="Raise cloud.max_instances in the pipeline file.")
+        with aws_errors():
+            try:
+                return self._acquire(request)
+            except BaseException:
+                # Whatever it had made (token, security group, key pair, role, nodes) goes with it, even
+                # when Ctrl-C cut it short; further interrupts wait (issue 17).
+                with interrupts.deferred():
+                    self._discard(request)
+                raise
+
+    def _discard(self, request: ClusterRequest) -> None:
+        try:
+            self.teardown.cluster(request.run_id, request.group)
+        except Exception as exc:  # noqa: BLE001 - the error that stopped the start-up is what the user sees
+            # Its intent rows stay open, so `lhorch gc` and the next run find what is left.
+            self.store.event(request.run_id, "cluster", f"could not release the partly started cluster: {exc}",
+                             group=request.group)
+
+    def _acquire(self, request: ClusterRequest) -> Cluster:
         name = cluster_name(request.run_id, request.group)
         expires = request.expires_at or self.ctx.clock() + timedelta(hours=self.settings.max_hours)
         tags = {TAG_RUN: request.run_id, TAG_GROUP: request.group,
@@ -176,30 +197,41 @@ class AwsProvider:
                        instance_types=sorted({running[i]["InstanceType"] for i in ids}), market=market,
                        owner=request.owner, host=self.settings.host, artifacts_uri=artifacts)
 
+    def lower_hard_stop(self, cluster: Cluster, when: datetime) -> None:
+        """Move the nodes' hard stop earlier (see ``launch.lower_hard_stop``; budget, issue 16)."""
+        if cluster.expires_at is None or when < cluster.expires_at:
+            lower_hard_stop(self.ctx, cluster.instance_ids, cluster.run_id, when)
+
     def release(self, cluster: Cluster) -> None:
         """Tear the cluster down (see ``teardown``); safe to call twice."""
         head = None
         if cluster.head_id:
             head = HeadNode(cluster=cluster.name, instance_id=cluster.head_id, region=self.region,
                             private_ip=None, public_ip=None, token=SecretStr(""))
-        self.teardown.cluster(cluster.run_id, cluster.group, head=head, extra_ids=cluster.instance_ids)
+        with aws_errors(), interrupts.deferred():
+            self.teardown.cluster(cluster.run_id, cluster.group, head=head, extra_ids=cluster.instance_ids)
 
     def release_run(self, run_id: str, *, all_installs: bool = False) -> list[str]:
         """Release every cluster of a run that is known here or tagged in AWS by this installation
         (any installation's with ``all_installs``); return their names."""
-        return self.teardown.run(run_id, all_installs=all_installs)
+        with aws_errors():
+            return self.teardown.run(run_id, all_installs=all_installs)
 
     def own_runs(self, *, all_installs: bool = False) -> list[str]:
         """Runs with a cluster up that this installation started (every installation's with ``all_installs``)."""
-        return self.teardown.runs(all_installs=all_installs)
+        with aws_errors():
+            return self.teardown.runs(all_installs=all_installs)
 
     def clusters(self) -> list[Cluster]:
-        return health.running_clusters(self.ctx)
+        with aws_errors():
+            return health.running_clusters(self.ctx)
 
     def heartbeat(self, cluster: Cluster) -> None:
         """Check in and check the cluster is whole; ClusterUnreachable when not (see ``health``)."""
-        health.heartbeat(self.ctx, cluster)
+        with aws_errors():
+            health.heartbeat(self.ctx, cluster)
 
     def sweep(self, now: datetime, live_runs: set[str], dry_run: bool = False, *,
               all_installs: bool = False) -> list[str]:
-        return self.teardown.sweep(now, live_runs, dry_run=dry_run, all_installs=all_installs)
+        with aws_errors():
+            return self.teardown.sweep(now, live_runs, dry_run=dry_run, all_installs=all_installs)

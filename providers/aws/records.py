@@ -9,8 +9,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from lhorch.orchestrator.state import cloud_resources
-from lhorch.orchestrator.state.store import Store
+from lhorch.orchestrator.state import cloud_resources, ledger
+from lhorch.orchestrator.state.store import Store, utcnow
+from lhorch.providers.aws.names import cluster_name
 
 PROVIDER = "aws"
 
@@ -29,7 +30,15 @@ def mark_created(store: Store, kind: str, name: str, resource_id: str, *, price_
 
 
 def mark_released(store: Store, *, run_id: str, group: str | None = None, kind: str | None = None,
-                  name: str | None = None) -> None:
+                  name: str | None = None, at: datetime | None = None) -> None:
+    """Mark the rows released, and close the ledger rows of the instances among them at ``at`` (now):
+    whoever tears a run down (the run, `lhorch down`, `lhorch gc`) also ends its billing (issue 16)."""
+    ids = [r["resource_id"] for r in cloud_resources.open_rows(store, PROVIDER, run_id)
+           if r["kind"] == "instance" and r["resource_id"] and (group is None or r["details"].get("group") == group)
+           and (kind is None or kind == "instance") and (name is None or r["name"] == name)]
+    ledger.close_resources(store, ids, at or utcnow())
+    if kind in (None, "instance") and name is None:  # rows of a process killed before it learnt the ids
+        ledger.close_unbound(store, run_id, cluster_name(run_id, group) if group else "", at or utcnow())
     cloud_resources.mark_released(store, PROVIDER, run_id=run_id, group=group, kind=kind, name=name)
 
 
