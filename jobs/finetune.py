@@ -98,7 +98,7 @@ def run(params: FinetuneParams | dict | None, ctx: StageContext) -> dict:
     if p.engine == "torch":
         info = train_worker(cfg, LocalSession())
     else:
-        use_gpu = res.gpus > 0 if os.environ.get("LHORCH_RESOURCES") else _cuda()
+        use_gpu = res.gpus > 0 if os.environ.get("LHORCH_RESOURCES") else torch.cuda.is_available()
         info = _fit_with_ray(cfg, p, out, res.cpus, use_gpu)
     wall = time.perf_counter() - start
     history = json.loads((out / "history" / "history.json").read_text())
@@ -111,10 +111,6 @@ def run(params: FinetuneParams | dict | None, ctx: StageContext) -> dict:
         "val_acc": history[-1]["val_acc"] if history else None,
         "train_samples_per_s": samples / seconds if seconds else None, "wall_s": wall,
     }
-
-
-def _cuda() -> bool:
-    return torch.cuda.is_available()
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ from lhorch.policies.search import Key, KeyFn, ScoreFn, candidate_options, optim
 # `lhorch plan --explain STAGE` still lists them for the stage asked about.
 MAX_STAGES_EXPLAINED = 60
 ALTERNATIVES_KEPT = 8  # per placement in the Plan; --explain lists every offer
-_reason = reason
 
 EPS_USD = 1e-9
 STARTUP_RISK = 1.0  # extra weight of a cluster's start-up in the balanced objective, in start-ups
@@ -141,10 +140,10 @@ def _build_plan(policy: ObjectivePolicy, pb: Problem, a: list[int], out: Outcome
         alts = (explain_stage(policy, pb, a, i, budget, options=options)
                 if not unplaceable and pb.n <= MAX_STAGES_EXPLAINED else [])
         if unplaceable:
-            reason, factor = problems[pb.unplaceable.index(i)], "fit"
+            why, factor = problems[pb.unplaceable.index(i)], "fit"
         else:
-            reason, factor = _reason(pb, a, i, out, alts, group_size.get(out.group[i], 1),
-                                     est.basis(name, pb.stages[i]), policy.objective)
+            why, factor = reason(pb, a, i, out, alts, group_size.get(out.group[i], 1),
+                                 est.basis(name, pb.stages[i]), policy.objective)
         placements[name] = Placement(
             stage=name,
             target="local" if offer.is_local else "cloud",
@@ -154,7 +153,7 @@ def _build_plan(policy: ObjectivePolicy, pb: Problem, a: list[int], out: Outcome
             group=groups[out.group[i]] if out.group[i] >= 0 else None,
             est_seconds=pb.run[i][o],
             est_cost_usd=round(out.stage_cost[i], 6),
-            reason=reason,
+            reason=why,
             deciding_factor=factor,
             offer=offer,
             alternatives=[alt for alt, _ in alts[:ALTERNATIVES_KEPT]],

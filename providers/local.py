@@ -242,12 +242,6 @@ class LocalProvider:
         info = self._read_info()
         return [] if info is None else [self._cluster(info, "")]
 
-    def dashboard(self) -> str | None:
-        """Where the running local node's Ray dashboard is, or None when no node is up. Ray serves the
-        Jobs API from the dashboard, so it is the Cluster's ``address``."""
-        info = self._read_info()
-        return None if info is None else str(info["address"])
-
     def sweep(self, now: datetime, live_runs: set[str], dry_run: bool = False) -> list[str]:
         info = self._read_info()
         if info is None or info.get("keep"):

@@ -39,8 +39,7 @@ def instance_cost(price_per_hour: float, seconds: float) -> float:
 
 
 def billed_seconds(seconds: float) -> float:
-    # round() first so float noise (59.999999999) does not add a second.
-    return max(MIN_BILLED_SECONDS, float(math.ceil(round(seconds, 6))))
+    return ledger.billed_seconds(seconds, MIN_BILLED_SECONDS)
 
 
 def _money(usd: float) -> str:
@@ -99,7 +98,7 @@ class _Open:
     row_id: int | None = None  # its open ledger row (issue 16), closed when it stops
 
     def cost(self, until: datetime) -> float:
-        seconds = max(self.minimum_s, float(math.ceil(round(max(0.0, (until - self.start).total_seconds()), 6))))
+        seconds = ledger.billed_seconds((until - self.start).total_seconds(), self.minimum_s)
         return self.price_per_hour * seconds / 3600.0
 
 
@@ -135,7 +134,7 @@ class CostMeter:
         o = self._open.pop(item, None)
         if o is None:
             return 0.0
-        seconds = max(o.minimum_s, float(math.ceil(round(max(0.0, (at - o.start).total_seconds()), 6))))
+        seconds = ledger.billed_seconds((at - o.start).total_seconds(), o.minimum_s)
         usd = o.price_per_hour * seconds / 3600.0
         if o.row_id is not None:
             self.closed_rows.add(o.row_id)

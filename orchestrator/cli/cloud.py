@@ -111,11 +111,11 @@ def down_cmd(run: str | None, local_only: bool, all_installs: bool, yes: bool) -
     _confirm_all(all_installs, yes, "releases the clusters and")
     provider = _provider(store)
     released = 0
+    named = store.get_run(run) if run else None
     for region in _regions(store, provider.region):
         p = provider if region == provider.region else _provider(store, region)
         if run:
-            row = store.get_run(run)
-            runs = [row["id"] if row else run]
+            runs = [named["id"] if named else run]
         else:
             runs = _aws_call(p.own_runs, all_installs=all_installs)
         for run_id in runs:

@@ -18,19 +18,19 @@ def topological_order(stages: dict[str, Stage]) -> list[str]:
     for name in stages:
         if name in level:
             continue
-        # Depth-first without recursion: a chain of needs may be as long as the file.
-        stack: list[tuple[str, int]] = [(name, 0)]
+        # Depth-first without recursion: a chain of needs may be as long as the file. Each frame
+        # holds its stage's known needs, filtered once (filtering on every return made it quadratic).
+        stack: list[tuple[str, list[str], int]] = [(name, _known_needs(stages, name), 0)]
         on_path = {name}
         while stack:
-            node, i = stack[-1]
-            needs = [n for n in stages[node].needs if n in stages]
+            node, needs, i = stack[-1]
             if i < len(needs):
-                stack[-1] = (node, i + 1)
+                stack[-1] = (node, needs, i + 1)
                 nxt = needs[i]
                 if nxt in on_path:
                     raise ValueError("the stages' needs form a cycle")
                 if nxt not in level:
-                    stack.append((nxt, 0))
+                    stack.append((nxt, _known_needs(stages, nxt), 0))
                     on_path.add(nxt)
                 continue
             level[node] = 1 + max((level[n] for n in needs), default=-1)
@@ -38,6 +38,10 @@ def topological_order(stages: dict[str, Stage]) -> list[str]:
             on_path.discard(node)
     position = {name: i for i, name in enumerate(stages)}
     return sorted(stages, key=lambda s: (level[s], position[s]))
+
+
+def _known_needs(stages: dict[str, Stage], name: str) -> list[str]:
+    return [n for n in stages[name].needs if n in stages]
 
 
 def find_cycle(stages: dict[str, Stage]) -> list[str] | None:

@@ -64,11 +64,6 @@ def set_still_up(describe: Callable[[], list[str]] | None) -> None:
     _state.still_up = describe
 
 
-def pending() -> bool:
-    """An interrupt came while deferred and has not been raised yet."""
-    return _state.deferred > 0 and not _state.stopping
-
-
 @contextmanager
 def deferred() -> Iterator[None]:
     """Run the block (a teardown) with SIGINT/SIGTERM deferred; raise KeyboardInterrupt after it if one

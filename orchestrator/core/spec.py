@@ -10,7 +10,6 @@ import re
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from croniter import croniter
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from lhorch.orchestrator.core.durations import parse_duration
@@ -257,6 +256,8 @@ class Schedule(Model):
             raise ValueError(f"{cron!r} is not a cron expression (5 fields: minute hour day month weekday)")
         # Checked here, not first when the scheduler fires (issue 17): "61 25 * * *" has no minute 61.
         # Six fields put seconds first, as lhorch.orchestrator.scheduling.cron reads them.
+        from croniter import croniter  # deferred: only files with a `schedule:` pay for its import
+
         if not croniter.is_valid(cron, second_at_beginning=len(cron.split()) == 6):
             raise ValueError(f"{cron!r} is not a valid cron expression: minute 0-59, hour 0-23, day 1-31, "
                              "month 1-12, weekday 0-6")

@@ -18,6 +18,11 @@ ENV_VAR = "LHORCH_EXEC"
 # coreutils' `timeout`), and the file beside the outputs with wall time, peak RSS and the exit code.
 EXIT_TIMEOUT = 124
 USAGE_FILE = ".lhorch-usage.json"
+# How a stage's secrets reach its wrapper: their names (to mask them), and where their values are,
+# a private file on this machine or an SSM SecureString on a cloud node, never the values themselves.
+SECRET_NAMES_VAR = "LHORCH_SECRET_NAMES"
+SECRETS_URI_VAR = "LHORCH_SECRETS_URI"
+SECRETS_FILE_VAR = "LHORCH_SECRETS_FILE"
 
 
 class RemoteArtifacts(BaseModel):

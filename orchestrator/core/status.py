@@ -34,6 +34,11 @@ class RunStatus(StrEnum):
         return frozenset({cls.SUCCEEDED, cls.FAILED, cls.INTERRUPTED, cls.BUDGET_EXCEEDED, cls.REFUSED, cls.SKIPPED})
 
     @classmethod
+    def unfinished(cls) -> frozenset[RunStatus]:
+        """A run in one of these may still have a process working on it."""
+        return frozenset({cls.PENDING, cls.RUNNING})
+
+    @classmethod
     def resumable(cls) -> frozenset[RunStatus]:
         """A later `lhorch run` of the same file continues a run in one of these."""
         return frozenset({cls.PENDING, cls.RUNNING, cls.FAILED, cls.INTERRUPTED})

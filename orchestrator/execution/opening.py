@@ -89,8 +89,7 @@ def open_run(store: Store, pipeline: Pipeline, file: Path | None, plan: Plan, op
         lock.release()
     run_id = options.run_id or new_run_id(pipeline.name)
     lock = RunLock.take(store.home, run_id)
-    run_dir = store.runs_dir(run_id)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = store.runs_dir(run_id)  # created, private
     store.create_run(run_id, pipeline.name, pipeline, str(file) if file else None, trigger=options.trigger, plan=plan)
     reporter.info(f"Run {run_id}")
     return OpenedRun(run_id, run_dir, resumed=False, lock=lock)

@@ -27,36 +27,33 @@ PGID_FILE_VAR = "LHORCH_PGID_FILE"
 OWNER_PID_VAR = "LHORCH_OWNER_PID"
 
 
-def start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), or None when it is gone."""
+def _stat(pid: int | str) -> list[str] | None:
+    """Fields 3 onwards of /proc/<pid>/stat (state, ppid, pgrp, ...; Linux), or None when it is gone.
+    The command name (field 2) may hold spaces and parentheses: fields are counted after its last ')'."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    # The command name (field 2) may hold spaces and parentheses: count fields after its last ')'.
-    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot, or None when it is gone."""
+    fields = _stat(pid)
+    return fields[19] if fields else None
 
 
 def pid_alive(pid: int) -> bool:
     """Running (a zombie, dead but not yet reaped, is not: in a container nobody may ever reap it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
 
 
 def _members(pgid: int) -> list[int]:
-    """The processes in group ``pgid`` (Linux /proc)."""
+    """The running processes in group ``pgid``."""
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+        fields = _stat(entry.name) if entry.name.isdigit() else None
+        if fields and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
             found.append(int(entry.name))
     return found
 
@@ -65,10 +62,10 @@ def _ancestors() -> set[int]:
     pids, pid = {os.getpid()}, os.getppid()
     while pid > 1 and pid not in pids:
         pids.add(pid)
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except OSError:
+        fields = _stat(pid)
+        if fields is None:
             break
+        pid = int(fields[1])
     return pids
 
 

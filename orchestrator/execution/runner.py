@@ -131,16 +131,15 @@ class Runner:
         self.recorder = Recorder(self.store, self.pipeline, self.plan, self.run_id, self.machine)
         self.reuse = StageReuse(self.store, self.pipeline, self.base_dir, self.file, fresh=self.options.fresh,
                                 no_cache=self.options.no_cache)
-        fingerprint = art.pipeline_fingerprint(self.pipeline, self.base_dir)
         # Skipped only when every stage would be reused: the same keys as the run itself uses.
         if (self.options.only_if_changed and not opened.resumed
                 and self.reuse.all_cached(self.order, self.run_dir)):
-            self.store.update_run(self.run_id, status=RunStatus.SKIPPED, fingerprint=fingerprint, started_at=utcnow(),
+            self.store.update_run(self.run_id, status=RunStatus.SKIPPED, started_at=utcnow(),
                                   finished_at=utcnow(), error="inputs unchanged since the last successful run")
             self.reporter.info("Nothing changed since the last successful run: skipped.")
             return RunResult(self.run_id, RunStatus.SKIPPED, {}, self.run_dir, message="inputs unchanged")
         self.store.update_run(self.run_id, status=RunStatus.RUNNING, pid=os.getpid(), started_at=utcnow(),
-                              fingerprint=fingerprint, plan_json=self.plan.model_dump_json())
+                              plan_json=self.plan.model_dump_json())
         self.pool.plan_targets(self.pipeline, self.plan, self.order, self.hard_stop_at)
         if self.guard is not None:
             self.guard.open(self.run_id, self.plan)

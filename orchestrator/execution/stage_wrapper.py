@@ -30,14 +30,19 @@ import threading
 import time
 from pathlib import Path
 
-from lhorch.orchestrator.core.stage_message import ENV_VAR, EXIT_TIMEOUT, USAGE_FILE, RemoteArtifacts, StageMessage
+from lhorch.orchestrator.core.stage_message import (
+    ENV_VAR,
+    EXIT_TIMEOUT,
+    SECRET_NAMES_VAR,
+    SECRETS_FILE_VAR,
+    SECRETS_URI_VAR,
+    USAGE_FILE,
+    RemoteArtifacts,
+    StageMessage,
+)
 from lhorch.orchestrator.execution import process_group
 from lhorch.providers.transfer import read_secrets, store_for_uri
 
-# Set by lhorch.orchestrator.execution.staging.secret_env (which this module cannot import: it runs on bare nodes).
-SECRET_NAMES_VAR = "LHORCH_SECRET_NAMES"
-SECRETS_URI_VAR = "LHORCH_SECRETS_URI"
-SECRETS_FILE_VAR = "LHORCH_SECRETS_FILE"
 WATCH_S = 0.5  # how often the wrapper checks that its parent (the Ray job's supervisor) is still there
 
 

@@ -15,17 +15,11 @@ from pathlib import Path
 from lhorch.orchestrator.core.cluster import Cluster
 from lhorch.orchestrator.core.errors import LhorchError, UsageError
 from lhorch.orchestrator.core.spec import Pipeline
-from lhorch.orchestrator.core.stage_message import RemoteArtifacts
+from lhorch.orchestrator.core.stage_message import SECRET_NAMES_VAR, SECRETS_FILE_VAR, SECRETS_URI_VAR, RemoteArtifacts
 from lhorch.orchestrator.pipeline import artifacts as art
 from lhorch.orchestrator.state.store import Store
 from lhorch.providers.aws.names import TAG_EXPIRES, TAG_GROUP, TAG_HOST, TAG_INSTALL, TAG_RUN, iso
 from lhorch.providers.transfer import artifact_uri, secrets_uri, store_for_uri, write_secrets
-
-# What the stage wrapper reads: the names of the stage's secrets (to mask them), and on an AWS cluster
-# where their values are (an SSM SecureString) instead of the values themselves.
-SECRET_NAMES_VAR = "LHORCH_SECRET_NAMES"
-SECRETS_URI_VAR = "LHORCH_SECRETS_URI"
-SECRETS_FILE_VAR = "LHORCH_SECRETS_FILE"
 
 
 def _artifacts_base(cluster: Cluster) -> str:

@@ -201,13 +201,3 @@ def cache_key(pipeline: Pipeline, name: str, input_hashes: dict[str, str], code:
 def spec_hash(stage: Stage) -> str:
     payload = stage.model_dump(mode="json", by_alias=True, exclude={"retries", "timeout", "placement", "hints"})
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def pipeline_fingerprint(pipeline: Pipeline, base_dir: Path) -> str:
-    """Spec plus the content of every external input: equal fingerprints mean nothing changed."""
-    digest = hashlib.sha256(pipeline.model_dump_json(by_alias=True, exclude={"schedule"}).encode())
-    for name in pipeline.stages:
-        for path in external_paths(pipeline, name, base_dir):
-            h = sha256_path(path)[0] if path.exists() else "missing"
-            digest.update(f"{name}:{path}:{h}".encode())
-    return digest.hexdigest()

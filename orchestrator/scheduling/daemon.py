@@ -59,8 +59,6 @@ EXIT_STATUS = {0: FireStatus.SUCCEEDED, 1: FireStatus.FAILED, 2: FireStatus.INVA
 DEFAULT_RUN_CMD = [sys.executable, "-c", "from lhorch.orchestrator.cli import main; main()", "run"]
 
 
-_UNFINISHED = frozenset({RunStatus.PENDING, RunStatus.RUNNING})
-
 
 class SchedulerLocked(LhorchError):
     exit_code = EXIT_INVALID
@@ -388,7 +386,7 @@ class Scheduler:
     # --- runs this process does not track ---------------------------------------------------------
     def _live_external_run(self, schedule: str) -> bool:
         """A run of this schedule started by an earlier scheduler process that is still going."""
-        rows = self.store.runs_in(_UNFINISHED, trigger=f"schedule:{schedule}")
+        rows = self.store.runs_in(RunStatus.unfinished(), trigger=f"schedule:{schedule}")
         host = os.uname().nodename
         return any(r["pid"] and r["host"] == host and psutil.pid_exists(r["pid"]) for r in rows)
 
@@ -407,7 +405,7 @@ class Scheduler:
                 fires.update_schedule_run(self.store, sr["id"], status=FireStatus.LOST, finished_at=self.clock.now(),
                                           detail="the scheduler stopped and no run was recorded")
                 continue
-            unfinished = r["status"] in _UNFINISHED
+            unfinished = r["status"] in RunStatus.unfinished()
             if unfinished and self._live_external_run(sr["schedule"]):
                 continue
             status = FireStatus.LOST if unfinished else FireStatus.parse(r["status"])

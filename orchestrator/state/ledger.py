@@ -128,9 +128,14 @@ def per_stage(store: Store, run_id: str) -> dict[str, StageCost]:
 OPEN, CLOSED = "open", "closed"
 
 
+def billed_seconds(seconds: float, minimum_s: float) -> float:
+    """Whole seconds as AWS bills them, at least ``minimum_s``; round() first so float noise
+    (59.999999999) does not add a second."""
+    return max(minimum_s, float(math.ceil(round(max(0.0, seconds), 6))))
+
+
 def _seconds(started: datetime, ended: datetime, minimum_s: float) -> float:
-    # Whole seconds as AWS bills them; round() first so float noise does not add a second.
-    return max(minimum_s, float(math.ceil(round(max(0.0, (ended - started).total_seconds()), 6))))
+    return billed_seconds((ended - started).total_seconds(), minimum_s)
 
 
 def open_item(store: Store, run_id: str, kind: str, item: str, *, usd_per_second: float, started_at: datetime,

@@ -70,14 +70,14 @@ def is_live(store: Store, run_id: str) -> bool:
 def live_runs(store: Store) -> set[str]:
     """Runs that may still be using their clusters: running here with their lock held, or another host's."""
     here = os.uname().nodename
-    return {row["id"] for row in store.runs_in({RunStatus.PENDING, RunStatus.RUNNING})
+    return {row["id"] for row in store.runs_in(RunStatus.unfinished())
             if row["host"] != here or is_live(store, row["id"])}
 
 
 def gone_runs(store: Store) -> list[str]:
     """Runs of this host whose status says running but whose process is gone (lock free)."""
     here = os.uname().nodename
-    return [row["id"] for row in store.runs_in({RunStatus.PENDING, RunStatus.RUNNING})
+    return [row["id"] for row in store.runs_in(RunStatus.unfinished())
             if row["host"] == here and not is_live(store, row["id"])]
 
 

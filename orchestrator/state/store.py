@@ -12,6 +12,7 @@ This module owns the connection and the run/attempt/event/artifact records; the 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -27,8 +28,6 @@ from pydantic import BaseModel
 
 from lhorch.orchestrator.core.status import RunStatus, StageStatus
 from lhorch.orchestrator.state.migrations import migrate
-
-TERMINAL_RUN = RunStatus.finished()
 
 
 def utcnow() -> datetime:
@@ -146,8 +145,9 @@ class Store:
         """The run's folder, created private (0700) if missing."""
         return private_dir(private_dir(self.home / "runs") / run_id)
 
-    @property
+    @functools.cached_property
     def install_id(self) -> str:
+        """Written once per LHORCH_HOME and never changed: read once per Store (gc asks per resource)."""
         return install_id(self.home)
 
     def create_run(self, run_id: str, pipeline: str, spec: BaseModel, pipeline_file: str | None,
@@ -211,12 +211,6 @@ class Store:
         return None
 
     # --- attempts -----------------------------------------------------------------------------
-    def last_succeeded_fingerprint(self, pipeline: str, *, other_than: str) -> str | None:
-        """The fingerprint of the pipeline's latest successful run other than ``other_than``."""
-        rows = self.query("SELECT fingerprint FROM runs WHERE pipeline=? AND status=? AND id<>?"
-                          " ORDER BY created_at DESC LIMIT 1", (pipeline, RunStatus.SUCCEEDED, other_than))
-        return rows[0]["fingerprint"] if rows else None
-
     def attempt_number(self, attempt_id: int) -> int:
         """Which attempt of its stage this is (1 for the first)."""
         return int(self.query("SELECT attempt FROM attempts WHERE id=?", (attempt_id,))[0]["attempt"])

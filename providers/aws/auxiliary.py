@@ -82,7 +82,7 @@ class Auxiliary:
         if not self._bucket_ready:
             account = self.ctx.clients.identity()["account"]
             default = not self.bucket_name
-            if not self.bucket_name:
+            if default:
                 self.bucket_name = default_bucket_name(account, self.ctx.region)
             managed = ensure_bucket(self.ctx.clients.s3, self.bucket_name, self.ctx.region,
                                     prefix=self.ctx.settings.prefix, owner=account,

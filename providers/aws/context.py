@@ -20,7 +20,7 @@ from lhorch.orchestrator.core.errors import CloudError
 from lhorch.orchestrator.state.store import Store
 from lhorch.providers.aws import ec2 as ec2ops
 from lhorch.providers.aws.prices import Fallback, PriceCache, PriceSource
-from lhorch.providers.aws.retry import Backoff
+from lhorch.providers.aws.retry import THROTTLING_CODES, Backoff, error_code
 from lhorch.providers.aws.settings import AwsSettings
 
 
@@ -30,22 +30,13 @@ def aws_errors() -> Iterator[None]:
     try:
         yield
     except (ClientError, BotoCoreError) as exc:
-        code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
-        if code in THROTTLING_CODES:
+        if error_code(exc) in THROTTLING_CODES:
             hint = (f"AWS kept throttling lhorch's requests ({max_attempts()} attempts each). Wait a minute and run "
                     "again (`lhorch run` resumes); `lhorch gc` removes anything left meanwhile.")
         else:
             hint = "Check your credentials and region (`aws sts get-caller-identity`)."
         raise CloudError(f"AWS: {exc}", hint=hint) from exc
 
-
-# What botocore's retry modes treat as throttling (botocore/retries/standard.py), for the hint.
-THROTTLING_CODES = frozenset({
-    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException", "TooManyRequestsException",
-    "ProvisionedThroughputExceededException", "TransactionInProgressException", "RequestLimitExceeded",
-    "BandwidthLimitExceeded", "LimitExceededException", "RequestThrottled", "SlowDown", "PriorRequestNotComplete",
-    "EC2ThrottledException",
-})
 
 
 def max_attempts() -> int:

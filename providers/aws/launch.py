@@ -37,6 +37,7 @@ from lhorch.providers.aws.ec2 import (
     tags_of,
 )
 from lhorch.providers.aws.names import cluster_name, iso, node_name, token_parameter
+from lhorch.providers.aws.retry import error_code
 
 Probe = Callable[[str, SecretStr | None], bool]
 # States from which an instance never comes back to running: the launch has failed.
@@ -73,12 +74,11 @@ class Started:
 
 
 class Launcher:
-    """Starts the nodes of one cluster. ``discard(run_id, group)`` tears down a cluster that never
-    became usable, so that it does not outlive the ``start`` that launched it."""
+    """Starts the nodes of one cluster. A start that fails leaves its nodes to the caller:
+    ``AwsProvider.acquire`` tears down everything of the (run, group) whatever cut it short."""
 
-    def __init__(self, ctx: AwsContext, connector: HeadConnector, probe: Probe,
-                 discard: Callable[[str, str], None]):
-        self.ctx, self.connector, self.probe, self.discard = ctx, connector, probe, discard
+    def __init__(self, ctx: AwsContext, connector: HeadConnector, probe: Probe):
+        self.ctx, self.connector, self.probe = ctx, connector, probe
         self._versions = ctx.settings.versions
         self._amis: dict[tuple[str, bool], tuple[str, str]] = {}
         self._facts: dict[str, dict[str, Any]] = {}
@@ -98,28 +98,16 @@ class Launcher:
     def start(self, request: ClusterRequest, setup: NodeSetup) -> Started:
         """Reuse or launch the head, then the workers (they join the head's private IP); wait for
         all of them and for the head to answer."""
-        launched_any = False
-        try:
-            nodes = self.existing_nodes(request)
-            if 0 not in nodes:
-                launched_any = True
-                nodes[0] = self.launch_node(request, setup, 0, "head", None)
-            head = self.wait_running([nodes[0]["InstanceId"]])[nodes[0]["InstanceId"]]
-            for index in range(1, request.nodes):
-                if index not in nodes:
-                    launched_any = True
-                    nodes[index] = self.launch_node(request, setup, index, "worker", head.get("PrivateIpAddress"))
-            ids = [nodes[i]["InstanceId"] for i in sorted(nodes)]
-            running = self.wait_running(ids)
-            address, auth = self.connect(self.head_node(request, running[ids[0]], setup.token))
-        except BaseException as exc:
-            if launched_any:
-                # A cluster that never became usable must not outlive this call.
-                try:
-                    self.discard(request.run_id, request.group)
-                except Exception as cleanup:  # keep the original error; report the cleanup's too
-                    exc.add_note(f"lhorch: tearing the failed cluster down also failed: {cleanup}")
-            raise
+        nodes = self.existing_nodes(request)
+        if 0 not in nodes:
+            nodes[0] = self.launch_node(request, setup, 0, "head", None)
+        head = self.wait_running([nodes[0]["InstanceId"]])[nodes[0]["InstanceId"]]
+        for index in range(1, request.nodes):
+            if index not in nodes:
+                nodes[index] = self.launch_node(request, setup, index, "worker", head.get("PrivateIpAddress"))
+        ids = [nodes[i]["InstanceId"] for i in sorted(nodes)]
+        running = self.wait_running(ids)
+        address, auth = self.connect(self.head_node(request, running[ids[0]], setup.token))
         return Started(instance_ids=ids, running=running, address=address, token=auth)
 
     def existing_nodes(self, request: ClusterRequest) -> dict[int, dict[str, Any]]:
@@ -297,14 +285,14 @@ def hard_stop(request: ClusterRequest, planned: datetime, price_per_hour: float,
     return min(planned, now + timedelta(seconds=affordable))
 
 
-def lower_hard_stop(ctx: AwsContext, cluster_ids: list[str], run_id: str, when: datetime) -> None:
+def lower_hard_stop(ctx: AwsContext, cluster_ids: list[str], when: datetime) -> None:
     """Move the nodes' hard stop (their ``lhorch:expires-at`` tag, re-read by the dead-man switch
     every check) to ``when``; the ledger's worst case shrinks with it. Ids already gone are fine."""
     if not cluster_ids:
         return
     try:
-        ctx.ec2.create_tags(Resources=list(cluster_ids), Tags=[{"Key": TAG_EXPIRES, "Value": iso(when)}])
+        ctx.ec2.create_tags(Resources=cluster_ids, Tags=[{"Key": TAG_EXPIRES, "Value": iso(when)}])
     except ClientError as exc:
-        if "NotFound" not in str(exc):
+        if "NotFound" not in error_code(exc):
             raise
-    ledger.lower_ends_by(ctx.store, list(cluster_ids), when)
+    ledger.lower_ends_by(ctx.store, cluster_ids, when)

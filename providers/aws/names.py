@@ -42,9 +42,14 @@ def node_name(cluster: str, index: int) -> str:
     return f"{cluster}/node-{index}"
 
 
+def cluster_path(run_id: str, group: str) -> str:
+    """Everything of one cluster in SSM lives under this path; the cluster's node role may read it."""
+    return f"/lhorch/{safe(run_id)}/{safe(group)}"
+
+
 def token_parameter(run_id: str, group: str) -> str:
     """The SSM parameter holding the cluster's Ray token."""
-    return f"/lhorch/{safe(run_id)}/{safe(group)}/ray-token"
+    return f"{cluster_path(run_id, group)}/ray-token"
 
 
 def node_role_name(run_id: str, group: str) -> str:

@@ -73,7 +73,7 @@ class AwsProvider:
         self.connector: HeadConnector = connector or SsmPortForward()
         self.auxiliary = Auxiliary(self.ctx, ip_lookup)
         self.teardown = Teardown(self.ctx, self.connector)
-        self.launcher = Launcher(self.ctx, self.connector, probe, discard=self.teardown.cluster)
+        self.launcher = Launcher(self.ctx, self.connector, probe)
 
     @classmethod
     def from_environment(cls, store: Store, region: str | None = None, **collaborators: Any) -> AwsProvider:
@@ -147,18 +147,19 @@ class AwsProvider:
         with aws_errors():
             try:
                 return self._acquire(request)
-            except BaseException:
+            except BaseException as error:
                 # Whatever it had made (token, security group, key pair, role, nodes) goes with it, even
                 # when Ctrl-C cut it short; further interrupts wait (issue 17).
                 with interrupts.deferred():
-                    self._discard(request)
+                    self._discard(request, error)
                 raise
 
-    def _discard(self, request: ClusterRequest) -> None:
+    def _discard(self, request: ClusterRequest, error: BaseException) -> None:
         try:
             self.teardown.cluster(request.run_id, request.group)
         except Exception as exc:  # noqa: BLE001 - the error that stopped the start-up is what the user sees
             # Its intent rows stay open, so `lhorch gc` and the next run find what is left.
+            error.add_note(f"lhorch: tearing the failed cluster down also failed: {exc}")
             self.store.event(request.run_id, "cluster", f"could not release the partly started cluster: {exc}",
                              group=request.group)
 
@@ -200,7 +201,7 @@ class AwsProvider:
     def lower_hard_stop(self, cluster: Cluster, when: datetime) -> None:
         """Move the nodes' hard stop earlier (see ``launch.lower_hard_stop``; budget, issue 16)."""
         if cluster.expires_at is None or when < cluster.expires_at:
-            lower_hard_stop(self.ctx, cluster.instance_ids, cluster.run_id, when)
+            lower_hard_stop(self.ctx, cluster.instance_ids, when)
 
     def release(self, cluster: Cluster) -> None:
         """Tear the cluster down (see ``teardown``); safe to call twice."""

@@ -21,6 +21,11 @@ THROTTLING = frozenset({
     "RequestLimitExceeded", "Throttling", "ThrottlingException", "TooManyRequestsException",
     "RequestThrottled", "RequestThrottledException", "SlowDown", "EC2ThrottledException",
 })
+# Everything botocore's retry modes treat as throttling (botocore/retries/standard.py): the CLI's hint.
+THROTTLING_CODES = THROTTLING | frozenset({
+    "ThrottledException", "ProvisionedThroughputExceededException", "TransactionInProgressException",
+    "BandwidthLimitExceeded", "LimitExceededException", "PriorRequestNotComplete",
+})
 
 
 def error_code(exc: BaseException) -> str:

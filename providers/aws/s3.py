@@ -283,11 +283,11 @@ def ensure_bucket(client: Any, bucket: str, region: str, *, prefix: str = "lhorc
 
     ``owner`` is this account: a bucket of that name owned by any other account is refused
     (CloudError), since its default name is predictable and anyone can create it first (issue 15)."""
-    client = OwnedBucket(client, owner) if owner else client
+    owned = OwnedBucket(client, owner) if owner else client
     try:
-        client.head_bucket(Bucket=bucket)
+        owned.head_bucket(Bucket=bucket)
         try:
-            existing = {t["Key"]: t["Value"] for t in client.get_bucket_tagging(Bucket=bucket)["TagSet"]}
+            existing = {t["Key"]: t["Value"] for t in owned.get_bucket_tagging(Bucket=bucket)["TagSet"]}
         except ClientError as exc:
             if error_code(exc) != "NoSuchTagSet":
                 raise
@@ -306,25 +306,24 @@ def ensure_bucket(client: Any, bucket: str, region: str, *, prefix: str = "lhorc
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
         try:
             # CreateBucket takes no ExpectedBucketOwner: the bucket cannot have an owner yet.
-            raw = getattr(client, "_client", client)
-            raw.create_bucket(**kwargs)
+            client.create_bucket(**kwargs)
         except ClientError as exc2:
             if error_code(exc2) == "BucketAlreadyExists":
                 raise _foreign(bucket, owner) from exc2
             if error_code(exc2) != "BucketAlreadyOwnedByYou":
                 raise
     # Settings are (re)applied every time, so a crash between create and here heals itself.
-    client.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={
+    owned.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={
         "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True, "RestrictPublicBuckets": True})
-    client.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={
+    owned.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={
         "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]})
-    client.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [
+    owned.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [
         {"ID": "lhorch-expire-runs", "Status": "Enabled", "Filter": {"Prefix": f"{prefix.strip('/')}/runs/"},
          "Expiration": {"Days": expire_days}},
         {"ID": "lhorch-abort-incomplete-uploads", "Status": "Enabled", "Filter": {"Prefix": ""},
          "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}},
     ]})
-    client.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [
+    owned.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [
         {"Key": k, "Value": v} for k, v in {**(tags or {}), "lhorch:managed": "true"}.items()]})
     return True
 

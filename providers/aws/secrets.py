@@ -12,12 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from lhorch.providers.aws.names import safe
-
-
-def cluster_path(run_id: str, group: str) -> str:
-    """Everything of one cluster in SSM lives under this path; the cluster's node role may read it."""
-    return f"/lhorch/{safe(run_id)}/{safe(group)}"
+from lhorch.providers.aws.names import cluster_path, safe
 
 
 def secrets_parameter(run_id: str, group: str, stage: str) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from lhorch.orchestrator.core.errors import CloudError
-from lhorch.providers.aws.names import safe
+from lhorch.providers.aws.names import cluster_path
 from lhorch.providers.aws.retry import error_code
 
 RAY_PORTS = (6379, 8265, 10001)
@@ -146,7 +146,7 @@ def node_policy(region: str, account: str, bucket: str | None, prefix: str, run_
     """One cluster's nodes: read its own token and secrets parameters (``/lhorch/<run>/<group>/``),
     use SSM port forwarding, read artifacts under ``<bucket>/<prefix>/`` and write only under its own
     run's ``<prefix>/runs/<run>/``."""
-    params = f"arn:aws:ssm:{region}:{account}:parameter/lhorch/{safe(run_id)}/{safe(group)}/*"
+    params = f"arn:aws:ssm:{region}:{account}:parameter{cluster_path(run_id, group)}/*"
     statements: list[dict[str, Any]] = [
         {"Sid": "OwnClusterParameters", "Effect": "Allow", "Action": ["ssm:GetParameter"], "Resource": params},
         {"Sid": "SsmSessions", "Effect": "Allow",

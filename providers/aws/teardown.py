@@ -22,7 +22,7 @@ from lhorch.providers.aws import records, security
 from lhorch.providers.aws.connect import HeadConnector, HeadNode
 from lhorch.providers.aws.context import AwsContext
 from lhorch.providers.aws.ec2 import TAG_EXPIRES, TAG_GROUP, TAG_HOST, TAG_INSTALL, TAG_RUN, UP_STATES, tags_of
-from lhorch.providers.aws.names import cluster_name, node_role_name, token_parameter
+from lhorch.providers.aws.names import cluster_name, cluster_path, node_role_name, token_parameter
 from lhorch.providers.aws.retry import error_code
 from lhorch.providers.aws.secrets import delete_cluster_parameters
 
@@ -72,7 +72,7 @@ class Teardown:
         try:
             delete_cluster_parameters(ssm, run_id, group)  # the stages' secrets
         except ClientError as exc:
-            errors.append(f"parameters under {param.rsplit('/', 1)[0]}: {exc}")
+            errors.append(f"parameters under {cluster_path(run_id, group)}: {exc}")
         if not self.ctx.settings.instance_profile:  # a role of the user's own is not ours to delete
             try:
                 security.delete_instance_profile(self.ctx.clients.iam, node_role_name(run_id, group))
