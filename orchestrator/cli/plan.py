@@ -70,6 +70,9 @@ def render_explain(plan: Plan, stage: str, alternatives: list, console: Console)
                   f"{format_duration(plan.est_total_seconds)}, ${plan.est_total_cost_usd:.4f} "
                   f"(policy {plan.policy}; {p.deciding_factor or 'no alternative'} decided)")
     console.print(f"  why: {p.reason}")
+    if not alternatives:
+        console.print(f"No alternative for {stage}: nothing else is offered (configure `cloud:` for cloud offers).")
+        return
     table = Table(title=f"alternatives for {stage}, best first", title_justify="left")
     for col, kw in (("where", {}), ("stage time", {"justify": "right"}), ("plan time", {"justify": "right"}),
                     ("plan cost", {"justify": "right"}), ("factor", {}), ("why it lost", {"overflow": "fold"})):
