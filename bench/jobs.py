@@ -3,7 +3,9 @@
 Prints in-loop throughput (samples/s measured inside the training loop, first epoch excluded, so Ray's
 startup is not in it) and end-to-end wall time (startup included) for both, and their ratio. Run by
 hand: `python bench/jobs.py [--copies 30 --epochs 6 --hidden 256,128 --cpus 1]`. The target is an
-in-loop ratio >= 0.9; the wall-time difference is the fixed cost of starting Ray and its workers.
+in-loop ratio >= 0.9; the wall-time difference is the fixed cost of starting Ray and its workers, which
+the last line splits into its parts (jobs/finetune.py measures them). That cost is why `engine: auto`
+trains a single worker in-process and uses Ray Train only for `num_workers` > 1 (issue 18).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def main() -> None:
             start = time.perf_counter()
             s = finetune.run({**common, "engine": engine}, StageContext(output_dir=root / engine, inputs=inputs))
             results[engine] = {"samples_per_s": s["train_samples_per_s"], "wall_s": time.perf_counter() - start,
-                               "val_acc": s["val_acc"]}
+                               "val_acc": s["val_acc"], "overhead": s.get("ray_overhead_s", {})}
     plain, ray_ = results["torch"], results["ray"]
     print(f"{'':24}{'in-loop samples/s':>20}{'end-to-end wall s':>20}{'val acc':>10}")
     print(f"{'plain PyTorch loop':24}{plain['samples_per_s']:>20,.0f}{plain['wall_s']:>20.1f}{plain['val_acc']:>10.3f}")
@@ -61,6 +63,12 @@ def main() -> None:
     ratio = ray_["samples_per_s"] / plain["samples_per_s"]
     print(f"ratio Ray Train / plain, in-loop: {ratio:.2f} (target >= 0.90); "
           f"startup overhead: {ray_['wall_s'] - plain['wall_s']:.1f} s")
+    parts = ray_["overhead"]
+    print("Ray Train's time outside the loop, s: " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items())
+          + f" (sum {sum(parts.values()):.1f}; `import`: the driver's import of ray and ray.train, `init`: "
+          "ray.init starting a private node, `to_loop`: controller, placement group, worker group and the "
+          "worker's imports until the loop starts, `after_loop`: reporting the end and tearing the group down, "
+          "`shutdown`: stopping the node)")
 
 
 if __name__ == "__main__":

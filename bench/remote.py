@@ -63,7 +63,7 @@ def run_bench(args, tmp: Path, local, remote_node, times: dict[str, list[float]]
     from lhorch.providers.ray_cluster import RayClusterProvider
 
     request = ClusterRequest(run_id="bench", group="g", offer=Offer(provider="ray", vcpus=2, memory_gb=4))
-    remote = remote_node.acquire(request)
+    remote = remote_node.start_head(request.run_id, jobs_api=True)  # a stand-in cloud cluster: Ray's Jobs API
     local.acquire(request)
     path = tmp / "p.yaml"
     path.write_text(f"""\

@@ -4,9 +4,12 @@ Starts from input `checkpoint` (jobs.pretrain) or the file in `init_checkpoint`,
 head for the dataset's classes, optionally trains the head alone for `freeze_epochs`, then everything.
 Mixed precision, gradient accumulation, step checkpoints and resume live in jobs/finetune_loop.py.
 
-With `engine: ray` (default) the loop runs under Ray Train's TorchTrainer: one worker on a laptop, N
-data-parallel workers on a cluster. Run by lhorch the job is a Ray Jobs driver (RAY_ADDRESS is set)
-and attaches to that cluster; run by hand it starts a private local Ray and stops it afterwards.
+`engine: auto` (default) trains in this process when one worker is asked for and under Ray Train's
+TorchTrainer for `num_workers` > 1: Ray Train buys data parallelism across workers and nodes, and costs
+its start-up (a controller, a placement group and a worker group: 30-55 s on a busy 2-core laptop).
+`engine: ray` always uses Ray Train, `engine: torch` never. Under Ray Train, run by lhorch, the job is a
+Ray Jobs driver (RAY_ADDRESS is set) and attaches to that cluster; run by hand it starts a private
+local Ray and stops it afterwards.
 Outputs: `model` (model.pt), `history` (history.json per epoch, run.json), and `checkpoints/`.
 """
 
@@ -47,25 +50,37 @@ def _ray_worker(cfg: dict) -> None:
     train_worker(cfg)
 
 
+def _trim_ray_train() -> None:
+    """Ray Train's parts that a fine-tune does not use, off unless the user set them (measured in
+    bench/jobs.py). The controller polls its workers every 2 s by default, so a finished
+    fit is noticed up to 2 s late; metrics callbacks export to a Prometheus agent nobody reads here."""
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
+
+
 def _fit_with_ray(cfg: dict, p: FinetuneParams, out: Path, cpus: float, use_gpu: bool) -> dict:
-    # deferred: Ray takes seconds to import, and `engine: torch` runs without it
-    import ray
+    t_import = time.time()
+    import ray  # deferred: Ray takes seconds to import, and the in-process engine runs without it
     from ray.train import RunConfig, ScalingConfig  # deferred, as above
     from ray.train.torch import TorchTrainer  # deferred, as above
 
     cpus_per_worker = max(1, int(cpus // p.num_workers))
     cfg = {**cfg, "threads": cpus_per_worker}
+    _trim_ray_train()
     started_here = False
+    t_init = time.time()
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):
             ray.init()  # a Ray Jobs driver: attach to the cluster that runs us
         else:
-            # A private cluster on this machine: nothing to preempt, so skip Train's preemption watcher
-            # actor (one process fewer to start on a small laptop).
-            os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
             ray.init(num_cpus=max(int(cpus), cpus_per_worker * p.num_workers), include_dashboard=False,
                      runtime_env={"worker_process_setup_hook": "lhorch.jobs.finetune._quiet_without_dashboard"})
             started_here = True
+    if sum(1 for node in ray.nodes() if node.get("Alive")) == 1:
+        # One node (this laptop, or a one-node cluster): when it is drained there is nowhere to move the
+        # workers, so Train's preemption watcher buys nothing and costs an actor process to start.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    t_fit = time.time()
     try:
         trainer = TorchTrainer(
             _ray_worker,
@@ -77,14 +92,21 @@ def _fit_with_ray(cfg: dict, p: FinetuneParams, out: Path, cpus: float, use_gpu:
             run_config=RunConfig(storage_path=str((out / "ray_train").resolve()), name="finetune"),
         )
         result = trainer.fit()
+        t_fitted = time.time()
     finally:
         if started_here:
             ray.shutdown()
+    t_done = time.time()
     # Rank 0 may have run on another node: then the model reaches us only through Ray Train's storage.
     if not (out / "model" / MODEL_FILE).exists() and result.checkpoint is not None:
         with result.checkpoint.as_directory() as d:
             shutil.copytree(d, out / "model", dirs_exist_ok=True)
-    return json.loads((out / "history" / "run.json").read_text())
+    info = json.loads((out / "history" / "run.json").read_text())
+    # Where Ray Train's time goes besides training (bench/jobs.py prints it).
+    info["ray_overhead_s"] = {"import": t_init - t_import, "init": t_fit - t_init,
+                              "to_loop": info["entered_at"] - t_fit, "after_loop": t_fitted - info["left_at"],
+                              "shutdown": t_done - t_fitted}
+    return info
 
 
 def run(params: FinetuneParams | dict | None, ctx: StageContext) -> dict:
@@ -94,11 +116,14 @@ def run(params: FinetuneParams | dict | None, ctx: StageContext) -> dict:
     res = stage_resources()
     cfg = {"params": p.model_dump(), "dataset": str(ctx.input("dataset").resolve()),
            "init_file": str(_init_file(p, ctx)), "output_dir": str(out), "threads": max(1, int(res.cpus))}
+    # Run by lhorch, the stage's reservation says whether it may use a GPU; by hand, any GPU present.
+    reserved = bool(os.environ.get("LHORCH_RESOURCES"))
+    use_gpu = res.gpus > 0 if reserved else torch.cuda.is_available()
+    engine = p.resolved_engine
     start = time.perf_counter()
-    if p.engine == "torch":
-        info = train_worker(cfg, LocalSession())
+    if engine == "torch":
+        info = train_worker(cfg, LocalSession(torch.device("cpu") if reserved and not use_gpu else None))
     else:
-        use_gpu = res.gpus > 0 if os.environ.get("LHORCH_RESOURCES") else torch.cuda.is_available()
         info = _fit_with_ray(cfg, p, out, res.cpus, use_gpu)
     wall = time.perf_counter() - start
     history = json.loads((out / "history" / "history.json").read_text())
@@ -106,10 +131,11 @@ def run(params: FinetuneParams | dict | None, ctx: StageContext) -> dict:
     seconds = sum(h["seconds"] for h in timed)
     samples = sum(h["samples_per_s"] * h["seconds"] for h in timed if h["samples_per_s"])
     return {
-        "engine": p.engine, "workers": p.num_workers, "device": info.get("device"), "autocast": info.get("autocast"),
+        "engine": engine, "workers": p.num_workers, "device": info.get("device"), "autocast": info.get("autocast"),
         "steps": info["steps"], "stopped_early": info["stopped_early"], "epochs_done": len(history),
         "val_acc": history[-1]["val_acc"] if history else None,
         "train_samples_per_s": samples / seconds if seconds else None, "wall_s": wall,
+        **({"ray_overhead_s": info["ray_overhead_s"]} if "ray_overhead_s" in info else {}),
     }
 
 

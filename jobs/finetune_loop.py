@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from lhorch.jobs import progress
 from lhorch.jobs.data import load_dataset
 from lhorch.jobs.device import autocast_dtype, pick_device, set_threads
 from lhorch.jobs.models import MODEL_FILE, build_model, mlp_config, save_model
@@ -34,8 +35,8 @@ _NOT_IN_FINGERPRINT = {"max_steps", "checkpoint_every", "keep_checkpoints", "eng
 class LocalSession:
     rank, world = 0, 1
 
-    def __init__(self) -> None:
-        self.device = pick_device()
+    def __init__(self, device: torch.device | None = None) -> None:
+        self.device = device or pick_device()
 
     def prepare(self, model, freeze: bool):
         return model.to(self.device)
@@ -111,6 +112,7 @@ def _set_frozen(model, frozen: bool) -> None:
 
 def train_worker(cfg: dict, session=None) -> dict:
     """Fine-tune per ``cfg`` (plain data: picklable for Ray); rank 0 writes the outputs."""
+    entered = time.time()  # wall clock, comparable with the driver's: Ray Train's start-up ends here
     session = session or RaySession()
     p = FinetuneParams.model_validate(cfg["params"])
     set_threads(cfg["threads"])
@@ -209,11 +211,14 @@ def train_worker(cfg: dict, session=None) -> dict:
                         "val_loss": v["loss"], "val_acc": v["acc"],
                         "frozen": frozen, "steps": step, "seconds": stats["seconds"],
                         "samples_per_s": seen / stats["seconds"] if stats["seconds"] else None})
+        if session.rank == 0:
+            progress.report(epoch + 1, p.epochs, {"val_acc": v["acc"], "train_loss": history[-1]["train_loss"]})
         session.report({k: x for k, x in history[-1].items() if x is not None})
     if session.rank == 0 and not stopped and (last_saved is None or step % p.checkpoint_every):
         _save_checkpoint(ckdir, snapshot(p.epochs, 0, None), p.keep_checkpoints)
     result = {"steps": step, "stopped_early": stopped, "history": history, "world": session.world,
-              "device": str(device), "autocast": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32"}
+              "device": str(device), "autocast": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
+              "entered_at": entered}
     if session.rank == 0:
         model_dir = out / "model"
         save_model(model_dir / MODEL_FILE, model, config, task="finetune", steps=step, complete=not stopped,
@@ -221,6 +226,7 @@ def train_worker(cfg: dict, session=None) -> dict:
         (out / "history").mkdir(parents=True, exist_ok=True)
         (out / "history" / "history.json").write_text(json.dumps(history, indent=2))
         run_summary = {k: v for k, v in result.items() if k != "history"}
+        run_summary["left_at"] = time.time()  # what Ray Train adds after the loop is measured from here
         (out / "history" / "run.json").write_text(json.dumps(run_summary, indent=2))
     # The final model also goes to Ray Train's storage, which is what reaches the driver when rank 0 runs
     # on another node.

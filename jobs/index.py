@@ -19,9 +19,17 @@ class JobInfo:
     params: type[BaseModel]
     outputs: tuple[str, ...]
     summary: str
-    # True for jobs that start their own Ray Train workers: the runner then reserves no CPU for the
-    # job's driver, so that the workers can have the stage's CPUs (and GPUs) on the same cluster.
+    # True for jobs that may start their own Ray Train workers; whether one run does depends on its
+    # parameters (see runs_distributed).
     distributed: bool = False
+
+    def runs_distributed(self, with_: dict) -> bool:
+        """True when a stage with these parameters starts Ray Train workers: the runner then reserves no
+        CPU for the job's driver, so that the workers can have the stage's CPUs (and GPUs) on the same
+        cluster. A job that trains in its own process (`engine: auto` with one worker) keeps them."""
+        if not self.distributed:
+            return False
+        return bool(getattr(self.params.model_validate(with_ or {}), "distributed", True))
 
     @property
     def module(self) -> str:
@@ -37,7 +45,8 @@ JOBS: dict[str, JobInfo] = {
         JobInfo("jobs.pretrain", p.PretrainParams, ("checkpoint",),
                 "Pretrain an MLP backbone on a subset of the classes (pretext task)."),
         JobInfo("jobs.finetune", p.FinetuneParams, ("model", "history", "checkpoints"),
-                "Transfer learning on Ray Train: new head, optional frozen backbone, AMP, accumulation, resume.",
+                "Transfer learning (on Ray Train for several workers): new head, optional frozen backbone, AMP, "
+                "accumulation, resume.",
                 distributed=True),
         JobInfo("jobs.distill", p.DistillParams, ("model", "report"),
                 "Distil a smaller student from the teacher `model` on softened outputs."),

@@ -11,11 +11,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
-Engine = Literal["ray", "torch"]
+Engine = Literal["auto", "ray", "torch"]
 
 
 class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Built when first used: `lhorch validate` then pays only for the jobs a pipeline names.
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class PreprocessParams(Params):
@@ -107,15 +108,31 @@ class FinetuneParams(_Training):
     )
     num_workers: int = Field(1, ge=1, le=256, description="Data-parallel Ray Train workers.")
     engine: Engine = Field(
-        "ray", description="ray: Ray Train TorchTrainer (scales to num_workers, on a laptop or a cluster); "
-        "torch: the same loop in this process without Ray (debugging, quick tests).",
+        "auto", description="auto: the in-process loop for one worker, Ray Train for more; "
+        "ray: Ray Train TorchTrainer always (scales to num_workers, on a laptop or a cluster); "
+        "torch: the same loop in this process without Ray.",
     )
 
     @model_validator(mode="after")
     def _workers(self) -> FinetuneParams:
         if self.engine == "torch" and self.num_workers != 1:
-            raise ValueError("engine torch runs a single worker; use engine ray for num_workers > 1")
+            raise ValueError("engine torch runs a single worker; use engine ray (or auto) for num_workers > 1")
         return self
+
+    @property
+    def resolved_engine(self) -> Literal["ray", "torch"]:
+        """What `auto` means: Ray Train only where it buys something. One worker gains nothing from it
+        (no data parallelism, and Train's worker restarts are not configured: lhorch's retries resume from
+        the step checkpoints instead) and pays its start-up: 30-55 s on a busy 2-core laptop (bench/jobs.py)."""
+        if self.engine == "auto":
+            return "ray" if self.num_workers > 1 else "torch"
+        return self.engine
+
+    @property
+    def distributed(self) -> bool:
+        """True when the job starts Ray Train workers (jobs/index.py: the runner then reserves no CPU for
+        its driver)."""
+        return self.resolved_engine == "ray"
 
 
 class DistillParams(_Training):

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lhorch.jobs import progress
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -96,6 +98,7 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[t
         row = {"epoch": epoch + 1, "train_loss": loss_sum / total, "train_acc": correct / total,
                "val_loss": v["loss"], "val_acc": v["acc"], "seconds": seconds, "samples_per_s": total / seconds}
         history.append(row)
+        progress.report(epoch + 1, epochs, {"val_acc": v["acc"], "train_loss": row["train_loss"]})
         if log:
             log(row)
     model.eval()

@@ -11,12 +11,16 @@ import functools
 from pathlib import Path
 from typing import Protocol
 
+from lhorch.orchestrator.state.ledger import CostItem
 from lhorch.providers.aws.secrets import get_secrets, put_secrets, secrets_parameter
 
 
 class ArtifactTransfer(Protocol):
     def put(self, local: Path, uri: str) -> None: ...
     def get(self, uri: str, local: Path) -> None: ...
+    def cost_items(self) -> list[CostItem]:
+        """What its calls so far cost (requests, bytes out), for the ledger."""
+        ...
 
 
 def s3_client():
@@ -58,6 +62,9 @@ class S3Transfer:
             self.store.put_dir(local, self._key(uri).rstrip("/"))
         else:
             self.store.put_file(local, self._key(uri))
+
+    def cost_items(self) -> list[CostItem]:
+        return self.store.meter.cost_items(self.bucket)
 
     def get(self, uri: str, local: Path) -> None:
         if uri.endswith("/"):

@@ -1,8 +1,8 @@
 """Shared fixtures: a private LHORCH_HOME per test, and one local Ray node for the whole session.
 
-Starting Ray takes seconds, so runner tests share a single kept head (LocalProvider keep=True) and
-each test has its own store; the head is stopped at the end, and the session fails if any Ray
-process is left behind.
+Runner tests share one local provider (LocalProvider keep=True: plain stages start no Ray, and a
+head a test starts is kept for the next) and each test has its own store; any head is stopped at the
+end, and the session fails if any Ray process is left behind.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from pathlib import Path
 import pytest
 from moto_server import aws, moto_endpoint, stand_in_head  # noqa: F401  (fixtures for every test module)
 
-from lhorch.orchestrator.core.cluster import ClusterRequest
-from lhorch.orchestrator.core.plan import Offer
 from lhorch.orchestrator.state.store import Store
 from lhorch.providers.local import LocalProvider
 
@@ -65,8 +63,7 @@ def remote_cluster(tmp_path_factory, moto_endpoint):  # noqa: F811
     """A second Ray cluster standing in for a cloud one (started with moto's endpoint in its
     environment, as a cloud node has its region's S3)."""
     provider = LocalProvider(tmp_path_factory.mktemp("remote-home"), keep=True, cpus=2)
-    cluster = provider.acquire(ClusterRequest(run_id="stand-in", group="remote",
-                                              offer=Offer(provider="ray", vcpus=2, memory_gb=4)))
+    cluster = provider.start_head("stand-in", jobs_api=True)  # a Ray head with the Jobs API, as a cloud one
     yield cluster
     provider.release(force=True)
 

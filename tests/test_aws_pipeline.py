@@ -3,6 +3,7 @@ local Ray cluster: what is launched, how it is locked down, and that nothing is 
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from pathlib import Path
@@ -60,11 +61,19 @@ def _pipeline(write_pipeline, first_attempt_sleep: int = 0):
         """)
 
 
+class StandInAws(AwsProvider):
+    """Its clusters' "nodes" are the stand-in Ray cluster on this machine: stages run with this
+    interpreter, not the node venv's (tests/test_cloudbox.py runs them on booted nodes)."""
+
+    def acquire(self, request):
+        return super().acquire(request).model_copy(update={"python": sys.executable})
+
+
 def _aws(store, pipeline, remote_cluster) -> AwsProvider:
     """The AWS provider on moto, its heads reached at the stand-in Ray cluster."""
     settings = AwsSettings.from_cloud(pipeline.cloud, versions=VERSIONS, host="laptop", poll_interval=0.01)
-    return AwsProvider.from_cloud(pipeline.cloud, store, settings=settings, connector=RayStandIn(remote_cluster),
-                                  ip_lookup=lambda: "198.51.100.7", sleep=lambda s: None)
+    return StandInAws.from_cloud(pipeline.cloud, store, settings=settings, connector=RayStandIn(remote_cluster),
+                                 sleep=lambda s: None)
 
 
 def _run(store, path, ray_node, remote_cluster, on_acquired=None, heartbeat_seconds=60.0):

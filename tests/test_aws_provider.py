@@ -4,6 +4,7 @@ throttling, release, spot interruption, gc after kill -9, CLI."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -62,9 +63,11 @@ def make_provider(moto_endpoint, home, stand_in_head, sleeps):
 
     def make(clock=None, **kw) -> AwsProvider:
         store = Store(home)
+        collaborators = kw.pop("collaborators", {})
         settings = AwsSettings(**{"versions": VERSIONS, "host": "laptop", "poll_interval": 0.01, **kw})
         args = {"store": store, "settings": settings, "connector": StandInConnector(stand_in_head),
                     "ip_lookup": lambda: CALLER_IP, "sleep": sleeps.append, "price_fallback": no_catalogue}
+        args.update(collaborators)
         if clock is not None:
             args["clock"] = clock
         p = AwsProvider(boto3.Session(region_name="us-east-1"), **args)
@@ -139,7 +142,12 @@ def test_acquire_launches_tagged_locked_down_cluster(make_provider, stand_in_hea
         user_data = p.ec2.describe_instance_attribute(InstanceId=inst["InstanceId"], Attribute="userData")
         script = base64.b64decode(user_data["UserData"]["Value"]).decode()
         token = p.ssm.get_parameter(Name=f"/lhorch/{run}/train/ray-token", WithDecryption=True)["Parameter"]["Value"]
-        assert token not in script and "ray[default]==2.60.0" in script and "lhorch-watchdog" in script
+        assert token not in script and "ray[default,train]==2.60.0" in script and "lhorch-watchdog" in script
+        # lhorch itself: its own wheel, uploaded to the bucket, checked on the node; never from an index by name.
+        (wheel_uri,) = re.findall(r"aws s3 cp --only-show-errors --region us-east-1 (s3://\S+)", script)
+        bucket, key = wheel_uri[len("s3://"):].split("/", 1)
+        body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert hashlib.sha256(body).hexdigest() in script and "lhorch==" not in script
     roles = sorted({t["Value"] for i in insts for t in i["Tags"] if t["Key"] == "lhorch:role"})
     assert roles == ["head", "worker"]
     volumes = p.ec2.describe_volumes(Filters=[{"Name": "tag:lhorch:run-id", "Values": [run]}])["Volumes"]
@@ -148,20 +156,19 @@ def test_acquire_launches_tagged_locked_down_cluster(make_provider, stand_in_hea
     (sg,) = p.ec2.describe_security_groups(Filters=[{"Name": "tag:lhorch:run-id", "Values": [run]}])["SecurityGroups"]
     cidrs = [r["CidrIp"] for perm in sg["IpPermissions"] for r in perm.get("IpRanges", [])]
     cidrs += [r["CidrIpv6"] for perm in sg["IpPermissions"] for r in perm.get("Ipv6Ranges", [])]
-    assert "0.0.0.0/0" not in cidrs and "::/0" not in cidrs
-    assert cidrs == [f"{CALLER_IP}/32"]
-    ssh = [perm for perm in sg["IpPermissions"] if perm.get("FromPort") == 22]
-    assert ssh and ssh[0]["ToPort"] == 22
+    # No connector here needs SSH: no address rule at all, no SSH port, no key pair, no IP lookup.
+    assert cidrs == []
+    assert not [perm for perm in sg["IpPermissions"] if perm.get("FromPort") == 22]
     self_ref = [perm for perm in sg["IpPermissions"] if perm.get("UserIdGroupPairs")]
     assert self_ref and self_ref[0]["UserIdGroupPairs"][0]["GroupId"] == sg["GroupId"]
     assert self_ref[0]["IpProtocol"] == "-1"  # Ray's 6379/8265/10001 and its random ports: group members only
     assert all(i["SecurityGroups"][0]["GroupId"] == sg["GroupId"] for i in insts)
 
-    assert p.ec2.describe_key_pairs(Filters=[{"Name": "tag:lhorch:run-id", "Values": [run]}])["KeyPairs"]
-    assert oct((p.store.home / "keys" / f"lhorch-{run}-train.pem").stat().st_mode)[-3:] == "600"
+    assert not p.ec2.describe_key_pairs(Filters=[{"Name": "tag:lhorch:run-id", "Values": [run]}])["KeyPairs"]
+    assert all("KeyName" not in i for i in insts)
     rows = p.store.query("SELECT kind, state FROM cloud_resources WHERE run_id=?", (run,))
     assert {r["state"] for r in rows} == {"created"}
-    assert {r["kind"] for r in rows} >= {"cluster", "instance", "security_group", "key_pair", "parameter"}
+    assert {r["kind"] for r in rows} >= {"cluster", "instance", "security_group", "parameter"}
 
     p.release(cluster)
 

@@ -152,7 +152,6 @@ def test_everything_created_carries_the_install_id(make_provider):
     assert {t["Key"]: t["Value"] for t in inst["Tags"]}[TAG_INSTALL] == mine
     tagged = [{"Name": f"tag:{TAG_INSTALL}", "Values": [mine]}]
     assert p.ec2.describe_security_groups(Filters=tagged)["SecurityGroups"]
-    assert p.ec2.describe_key_pairs(Filters=tagged)["KeyPairs"]
     vols = p.ec2.describe_volumes(Filters=tagged)["Volumes"]
     assert vols
     param = p.ssm.list_tags_for_resource(ResourceType="Parameter", ResourceId="/lhorch/run-install/train/ray-token")

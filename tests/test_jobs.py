@@ -13,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from lhorch.jobs import compress, distill, evaluate, finetune, preprocess, pretrain
+from lhorch.jobs import compress, distill, evaluate, finetune, preprocess, pretrain, progress
 from lhorch.jobs.cli import command
 from lhorch.jobs.context import StageContext, from_env, to_env
 from lhorch.jobs.data import load_dataset
@@ -36,12 +36,12 @@ def ctx(out: Path, **inputs: Path) -> StageContext:
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
-    """preprocess -> pretrain -> finetune (in-process engine) on 500 digits, shared by the tests below."""
+    """preprocess -> pretrain -> finetune (default engine: in-process) on 500 digits, shared by the tests below."""
     root = tmp_path_factory.mktemp("chain")
     pre = preprocess.run({"limit": 500, "augment": True, "seed": 1}, ctx(root / "pre"))
     data = root / "pre" / "dataset"
     pt = pretrain.run({"epochs": 4}, ctx(root / "pt", dataset=data))
-    ft = finetune.run({"epochs": 4, "engine": "torch", "lr": 0.003, "freeze_backbone": True, "freeze_epochs": 1},
+    ft = finetune.run({"epochs": 4, "lr": 0.003, "freeze_backbone": True, "freeze_epochs": 1},
                       ctx(root / "ft", dataset=data, checkpoint=root / "pt" / "checkpoint"))
     return {"root": root, "data": data, "pre": pre, "pt": pt, "ft": ft}
 
@@ -86,6 +86,7 @@ def test_pretrain_and_finetune_outputs(chain):
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert history[0]["frozen"] and not history[1]["frozen"]
     assert chain["ft"]["val_acc"] > 0.6 and not chain["ft"]["stopped_early"]
+    assert chain["ft"]["engine"] == "torch" and chain["ft"]["device"] == "cpu"  # auto, one worker, no GPU reserved
     assert list((root / "ft" / "checkpoints").glob("step-*.pt"))
 
 
@@ -178,6 +179,22 @@ def test_every_job_is_registered_and_defaults_validate():
     assert list(parse_pipeline(example.read_text(), file=str(example)).stages)[-1] == "evaluate"
 
 
+@pytest.mark.parametrize("with_, engine", [
+    ({}, "torch"),  # the default, `auto`: one worker trains in the stage's own process
+    ({"engine": "auto", "num_workers": 2}, "ray"),
+    ({"engine": "ray"}, "ray"),  # asked for explicitly: Ray Train even for one worker
+    ({"engine": "torch"}, "torch"),
+])
+def test_engine_auto_uses_ray_train_only_for_several_workers(with_, engine):
+    assert FinetuneParams.model_validate(with_).resolved_engine == engine
+    # The runner reserves the stage's CPUs for the job's own process unless Ray Train workers take them.
+    assert JOBS["jobs.finetune"].runs_distributed(with_) == (engine == "ray")
+    assert not JOBS["jobs.distill"].runs_distributed({})
+    # A pipeline file may say so (the loader checks `with:` against the same model).
+    text = PIPELINE.replace("{WITH}", json.dumps(with_))
+    assert parse_pipeline(text, file="p.yaml").stages["finetune"].with_ == with_
+
+
 def test_command_line_from_params(chain, tmp_path):
     cli = command(FinetuneParams, finetune.run, "jobs.finetune", "Fine-tune.")
     runner = CliRunner()
@@ -193,7 +210,10 @@ def test_command_line_from_params(chain, tmp_path):
     assert from_env(env).params["epochs"] == 5
     res = runner.invoke(cli, ["--epochs", "1"], env=env)
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["epochs_done"] == 1
+    assert json.loads(res.stdout)["epochs_done"] == 1  # stdout: the summary alone
+    # stderr: one progress line per epoch, which lhorch shows as the stage's status (jobs/progress.py).
+    lines = [progress.parse(line) for line in res.stderr.splitlines()]
+    assert [(p.epoch, p.epochs, sorted(p.metrics)) for p in lines if p] == [(1, 1, ["train_loss", "val_acc"])]
 
 
 def test_module_help_runs_without_torch_errors():

@@ -111,6 +111,9 @@ class CostMeter:
         self.store, self.run_id, self.pipeline, self.source = store, run_id, pipeline, source
         self._open: dict[str, _Open] = {}
         self._closed: list[tuple[str | None, float]] = []  # (stage, usd)
+        # Spend that is coming and cannot be stopped once begun (a stage's outputs brought back out of
+        # the cloud): counted as spent until the real item replaces it.
+        self._reserved: dict[str, tuple[str | None, float]] = {}
         self.closed_rows: set[int] = set()  # ledger rows this meter closed (or took back from the ledger)
 
     def started(self, item: str, price_per_hour: float, at: datetime, stage: str | None = None,
@@ -124,6 +127,14 @@ class CostMeter:
     def restore(self, stage: str | None, usd: float) -> None:
         """Spend already in the ledger (earlier attempts and processes of the run, failed launches)."""
         self._closed.append((stage, usd))
+
+    def reserve(self, key: str, stage: str | None, usd: float) -> None:
+        """Count ``usd`` as spent from now on, until ``unreserve(key)`` (the real item arrived)."""
+        if usd > 0:
+            self._reserved[key] = (stage, usd)
+
+    def unreserve(self, key: str) -> None:
+        self._reserved.pop(key, None)
 
     def open_rows(self) -> set[int]:
         return {o.row_id for o in self._open.values() if o.row_id is not None}
@@ -158,8 +169,8 @@ class CostMeter:
         return list(self._open)
 
     def spent(self, now: datetime, stage: str | None = None) -> float:
-        """Stopped items plus running ones billed as if stopped at ``now``."""
-        closed = sum(usd for s, usd in self._closed if stage is None or s == stage)
+        """Stopped items plus running ones billed as if stopped at ``now``, plus what is reserved."""
+        closed = sum(usd for s, usd in [*self._closed, *self._reserved.values()] if stage is None or s == stage)
         return closed + sum(o.cost(now) for o in self._open.values() if stage is None or o.stage == stage)
 
     def burn_rate(self, stage: str | None = None) -> float:

@@ -85,6 +85,8 @@ class BudgetGuard:
                 if r["id"] not in meter.closed_rows and r["id"] not in mine:
                     meter.closed_rows.add(r["id"])
                     meter.restore(r["stage"], float(r["usd"]))
+                    if r["kind"] == ledger.TRANSFER_OUT:  # the stage's outputs came back: the real cost replaces
+                        meter.unreserve(f"out:{r['stage']}")  # what was set aside for them
             for r in ledger.open_items(self.store, self.run_id):
                 if r["resource_id"] and r["id"] not in mine:
                     self._start_row(r, r["stage"])
@@ -111,6 +113,11 @@ class BudgetGuard:
         assert self.meter is not None
         price = request.offer.price_per_hour * request.nodes
         now = self.clock.now()
+        # Bringing the stages' outputs back costs transfer out, which cannot be stopped once begun: it
+        # is set aside now, so the cap check and the hard stop leave room for it.
+        for stage in stages:
+            gb = self.pipeline.stages[stage].hints.output_gb if stage in self.pipeline.stages else 0.0
+            self.meter.reserve(f"out:{stage}", stage, gb * request.offer.transfer_usd_per_gb)
         for dog in self.dogs:
             if (dog.stage is None or dog.stage in stages) and not dog.can_start(price, now):
                 spent = dog.meter.spent(now, dog.stage)

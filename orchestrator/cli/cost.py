@@ -50,8 +50,20 @@ def cost_report(store: Store, run: str | None, pipeline: str | None) -> dict:
             "actual_usd": round(ledger.run_total(store, run_id), 6),
             "stages": [{"stage": s.stage, "estimate_usd": round(s.estimate_usd, 6),
                         "actual_usd": round(s.actual_usd, 6)} for s in stages.values()],
+            # Rows still open count at their worst case (billed up to their hard stop) until closed.
+            "open_usd": round(sum(r["usd"] for r in ledger.open_items(store, run_id)), 6),
+            "items": [_item(r) for r in ledger.rows(store, run_id, actual_only=True)],
         }
     return report
+
+
+def _item(r: dict) -> dict:
+    """One actual ledger row as `lhorch cost --json` prints it."""
+    return {"kind": r["kind"], "item": r["item"], "stage": r["stage"], "resource_id": r.get("resource_id"),
+            "usd_per_hour": round(float(r["unit_price"]) * 3600.0, 6) if r["unit"] == "second" else None,
+            "unit_price": r["unit_price"], "quantity": r["quantity"], "unit": r["unit"], "usd": round(r["usd"], 6),
+            "state": r.get("state") or ledger.CLOSED, "started_at": r.get("started_at"), "ends_by": r.get("ends_by"),
+            "source": r["source"]}
 
 
 def _usd(value: float | None) -> str:
@@ -80,6 +92,9 @@ def cost(run: str | None, pipeline: str | None, as_json: bool) -> None:
             table.add_row(s["stage"], _usd(s["estimate_usd"]), _usd(s["actual_usd"]))
         table.add_row("[bold]total[/]", _usd(r["estimate_usd"]), f"[bold]{_usd(r['actual_usd'])}[/]")
         out.print(table)
+        if r["open_usd"]:
+            out.print(f"[yellow]{_usd(r['open_usd'])} of it is still open: counted at its worst case (billed to its "
+                      "hard stop) until `lhorch gc` or the next run closes it[/]")
         if r["max_usd"] is not None:
             out.print(f"run cap (budget.max_usd): {_usd(r['max_usd'])}")
     cap = report["monthly_max_usd"]

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def console() -> Console:
     """As wide as the terminal, or 200 columns when the output is a pipe or a file, so that tables
     are not folded into 80 columns."""
+    # deferred: rich takes ~25 ms to import; a command that prints JSON or one plain line never needs it
+    from rich.console import Console
+
     return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 

@@ -106,7 +106,9 @@ def plan(pipeline_file: Path, policy: str | None, as_json: bool, profile_file: P
         if profile_file is not None:
             profile = Profile.model_validate_json(profile_file.read_text(encoding="utf-8"))
         else:
-            profile = get_profile(store, profile_file=None)
+            # The plan never reads the profile's "load now" CPU percentage: psutil's default 0.1 s sample of
+            # it would be a third of this command's time (issue 18), so take the instant figure.
+            profile = get_profile(store, profile_file=None, cpu_interval=0.0)
         observations, output_gb = history_observations(store, pipeline, profile)
     finally:
         store.close()

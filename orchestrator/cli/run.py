@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
@@ -36,14 +37,16 @@ _STATUS_COLOUR = {RunStatus.SUCCEEDED: "green", RunStatus.SKIPPED: "cyan"}
               help="Run this stage even if the cache has it (its dependants too, if its outputs change); repeatable.")
 @click.option("--policy", type=click.Choice([p.value for p in PolicyName]), help="Override the file's policy.")
 @click.option("--keep-ray", is_flag=True, envvar="LHORCH_KEEP_RAY",
-              help="Keep the local Ray node up for the next run (saves its start-up).")
+              help="Keep the local Ray node (if a stage needs one) up for the next run, until it has been idle "
+                   "for 10 minutes (saves its start-up); `lhorch down --local` stops it.")
 @click.option("--only-if-changed", is_flag=True,
               help="Record a skipped run when every stage would be reused from the cache (nothing changed).")
 @click.option("--trigger", default="manual", hidden=True, help="What started the run (the scheduler sets it).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress or logs; only the summary.")
+@click.option("--verbose", "-v", is_flag=True, help="Show Ray's own log lines too (they are always in the log files).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON line at the end.")
 def run(file: Path | None, resume: str | None, fresh: bool, new: bool, no_cache: tuple[str, ...], policy: str | None,
-        keep_ray: bool, only_if_changed: bool, trigger: str, quiet: bool, as_json: bool) -> None:
+        keep_ray: bool, only_if_changed: bool, trigger: str, quiet: bool, verbose: bool, as_json: bool) -> None:
     """Run a pipeline. Re-running after a crash resumes where it stopped."""
     store = Store()
     if file is None:
@@ -60,11 +63,14 @@ def run(file: Path | None, resume: str | None, fresh: bool, new: bool, no_cache:
     # SIGTERM is handled like Ctrl-C: stop the stages, release every cluster, keep what finished; once
     # stopping, further interrupts wait for the teardown to end (core/interrupts.py).
     interrupts.install()
+    # The report at the end draws with matplotlib, whose import is most of its cost (~1-2 s): done
+    # while the stages run, it is off the run's critical path (issue 18).
+    threading.Thread(target=_import_plotting, daemon=True, name="lhorch-report-imports").start()
     try:
         with _cloud_errors(pipeline.cloud.provider):
             result = execute(store, pipeline, file, resume=resume, fresh=fresh, policy=policy, keep_ray=keep_ray,
                              only_if_changed=only_if_changed, trigger=trigger, quiet=quiet or as_json,
-                             no_cache=no_cache, new=new)
+                             no_cache=no_cache, new=new, verbose=verbose)
     except KeyboardInterrupt as exc:
         click.secho(_interrupted_message(exc), fg="yellow", err=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -81,6 +87,16 @@ def run(file: Path | None, resume: str | None, fresh: bool, new: bool, no_cache:
         sys.exit(EXIT_BUDGET)
     if not result.ok:
         sys.exit(EXIT_STAGE_FAILED)
+
+
+def _import_plotting() -> None:
+    try:
+        import matplotlib  # deferred: seconds to import, and only the report at the end of the run draws
+
+        matplotlib.use("Agg")  # as the report does (report/figures.py): no display
+        import matplotlib.pyplot  # noqa: F401 - deferred, as above: imported ahead of the report only
+    except Exception:  # noqa: BLE001 - only a head start: the report imports it again, and says what fails
+        _log.debug("could not import matplotlib ahead of the report", exc_info=True)
 
 
 def _cloud_errors(provider: str) -> AbstractContextManager[None]:

@@ -49,6 +49,9 @@ class Cluster(BaseModel):
     market: str = Field("", description="spot | on-demand | fixed; empty for the local node.")
     owner: str = Field("", description="Who started it (cloud identity), for shared accounts.")
     host: str = Field("", description="The machine whose lhorch started it.")
+    python: str | None = Field(
+        None, description="The interpreter stages run with on a remote cluster's nodes, by absolute path "
+                          "(None: `python` on the node's PATH).")
     artifacts_uri: str | None = Field(
         None, description="Where a remote cluster's stages read inputs and write outputs, e.g. s3://bucket/prefix.")
 

@@ -9,6 +9,7 @@ thread of their own (heartbeat.py), which marks a cluster found gone as ``lost``
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -23,6 +24,7 @@ from lhorch.orchestrator.execution.progress import Reporter
 from lhorch.orchestrator.execution.ray_jobs import RayJobs
 from lhorch.orchestrator.state.store import Store, utcnow
 from lhorch.providers.base import HardStoppingProvider, HeartbeatingProvider, Provider
+from lhorch.providers.dispatch import Dispatcher, DispatchingProvider
 
 LOCAL = "local"
 
@@ -36,7 +38,7 @@ class Target:
     request: ClusterRequest
     stages: list[str]
     cluster: Cluster | None = None
-    jobs: RayJobs | None = None
+    jobs: Dispatcher | None = None
     released: bool = False
     unfinished: set[str] = field(default_factory=set)
     lost: str | None = None  # why the cluster is gone (spot interruption, terminated), set by the heartbeat
@@ -58,6 +60,8 @@ class ClusterPool:
         self.released: list[str] = []  # targets released by this process, in order
         self.targets: dict[str, Target] = {}
         self._heartbeats: Heartbeats | None = None
+        # Set by a dispatcher that notifies when one of its attempts ends: the runner's wait ends with it.
+        self.wake = threading.Event()
 
     def plan_targets(self, pipeline: Pipeline, plan: Plan, order: list[str], hard_stop_at: datetime | None) -> None:
         """One target per placement group of the plan (every local stage shares the local node)."""
@@ -91,10 +95,12 @@ class ClusterPool:
                 return target
         raise KeyError(stage)
 
-    def acquire(self, target: Target) -> tuple[Cluster, RayJobs]:
-        """The target's cluster, started (or reused) now if it is not yet, and its Jobs client."""
+    def acquire(self, target: Target) -> tuple[Cluster, Dispatcher]:
+        """The target's cluster, started (or reused) now if it is not yet, and how stages reach it."""
         if target.cluster is None or target.jobs is None:
-            self.reporter.info(f"Starting {target.key} …" if not target.local else "Starting the local Ray node …")
+            dispatching = isinstance(target.provider, DispatchingProvider)
+            if not dispatching:
+                self.reporter.info(f"Starting {target.key} …")
             self.store.event(self.run_id, "cluster", f"acquire {target.key}")
             if self.guard is not None and not target.local:
                 self.guard.before_acquire(target.request, target.stages)
@@ -106,15 +112,19 @@ class ClusterPool:
             if self.guard is not None and not target.local:
                 lower = target.provider.lower_hard_stop if isinstance(target.provider, HardStoppingProvider) else None
                 self.guard.acquired(target.cluster, target.stages, lower)
-            target.jobs = RayJobs(target.cluster)
+            # A cluster with a dispatch of its own (the local node) gets its stages that way; the rest
+            # through Ray's Jobs API.
+            target.jobs = (target.provider.dispatcher(target.cluster, self.wake.set) if dispatching
+                           else RayJobs(target.cluster))
             target.lost = None
             if isinstance(target.provider, HeartbeatingProvider) and self._heartbeats is None:
                 self._heartbeats = Heartbeats(lambda: list(self.targets.values()), self.heartbeat_seconds,
                                               on_error=lambda exc: self.store.event(self.run_id, "cluster",
                                                                                     f"heartbeat failed: {exc}"))
             self.store.event(self.run_id, "cluster", f"acquired {target.key}", address=target.cluster.address)
-            # The Jobs address is the Ray dashboard (through the connector's tunnel for a cloud cluster).
-            self.reporter.info(f"Ray dashboard of {target.key}: {target.cluster.address}")
+            if not dispatching:
+                # The Jobs address is the Ray dashboard (through the connector's tunnel for a cloud cluster).
+                self.reporter.info(f"Ray dashboard of {target.key}: {target.cluster.address}")
             if self.on_acquired:
                 self.on_acquired(target.cluster)
         return target.cluster, target.jobs

@@ -1,5 +1,6 @@
 """Launch one attempt of a stage: find its inputs, decide whether an earlier attempt can be kept,
-prepare its output folder and environment, and submit it to its cluster's Ray Jobs API.
+prepare its output folder and environment, and submit it to its cluster's dispatcher (Ray's Jobs API
+for a remote cluster, a process of lhorch's on this machine: providers/dispatch.py).
 
 What the stage wrapper on the node runs is one typed message (core/stage_message.py) in
 ``LHORCH_EXEC``; the job's own API (inputs, outputs, parameters) is the environment jobs/context.py
@@ -26,10 +27,10 @@ from lhorch.orchestrator.core.stage_message import ENV_VAR, StageMessage
 from lhorch.orchestrator.core.status import StageStatus
 from lhorch.orchestrator.execution import process_group, staging
 from lhorch.orchestrator.execution.logs import LogTail
-from lhorch.orchestrator.execution.ray_jobs import RayJobs
 from lhorch.orchestrator.execution.stage_cache import break_links
 from lhorch.orchestrator.pipeline import artifacts as art
 from lhorch.orchestrator.state.store import Store
+from lhorch.providers.dispatch import Dispatcher, StageJob
 
 # A retried or resumed attempt continues from the step checkpoints its predecessor left here.
 KEEP_ACROSS_ATTEMPTS = {"checkpoints"}
@@ -42,16 +43,19 @@ class RunningAttempt:
     attempt_id: int
     attempt: int  # the attempt's number within the run, counting those before a resume
     job_id: str
-    jobs: RayJobs
+    jobs: Dispatcher
     started: float  # time.monotonic() at submission
     log: LogTail
+    next_poll: float = 0.0  # when to ask its dispatcher for its state again
 
 
 class StageLauncher:
     """Launches the stages of one run."""
 
-    def __init__(self, store: Store, pipeline: Pipeline, run_id: str, run_dir: Path, base_dir: Path):
+    def __init__(self, store: Store, pipeline: Pipeline, run_id: str, run_dir: Path, base_dir: Path, *,
+                 verbose: bool = False):
         self.store, self.pipeline, self.run_id, self.run_dir, self.base_dir = store, pipeline, run_id, run_dir, base_dir
+        self.verbose = verbose  # show Ray's own log lines on the terminal too
 
     def inputs(self, stage: str) -> tuple[dict[str, Path], dict[str, str]]:
         """The stage's inputs (name → path) and their digests, which its cache key is made of. An
@@ -85,7 +89,7 @@ class StageLauncher:
                 return False
         return out.exists()
 
-    def launch(self, stage: str, key: str, target_key: str, cluster: Cluster, jobs: RayJobs,
+    def launch(self, stage: str, key: str, target_key: str, cluster: Cluster, jobs: Dispatcher,
                inputs: dict[str, Path]) -> RunningAttempt:
         """Record the attempt, submit it, and mark it running."""
         spec = self.pipeline.stages[stage]
@@ -106,21 +110,28 @@ class StageLauncher:
             env[process_group.OWNER_PID_VAR] = str(os.getpid())
         env.update(staging.secret_env(self.store, self.run_id, stage, cluster, secrets))
         job_id = f"lhorch-{self.run_id}-{stage}-{attempt}"
-        # A distributed job's Ray Train workers take the stage's CPUs and GPUs: its driver reserves none.
-        job = find_job(spec.uses) if spec.uses else None
-        distributed = job is not None and job.distributed
-        cpus = 0.0 if distributed else spec.resources.cpus
-        gpus = 0.0 if distributed else float(spec.resources.gpus)
         self.store.event(self.run_id, "stage", f"submit attempt {attempt}", stage=stage, job_id=job_id)
         remote = cluster.remote
-        python = "python" if remote else sys.executable  # a remote node has its own interpreter
-        jobs.submit(submission_id=job_id, entrypoint=f"{python} -m {WRAPPER_MODULE}", env=env, cpus=cpus, gpus=gpus,
-                    working_dir=str(self.base_dir) if remote else None,
-                    excludes=self.working_dir_excludes() if remote else None)
-        self.store.finish_attempt(attempt_id, StageStatus.RUNNING, job_id=job_id, finished_at=None)
+        python = (cluster.python or "python") if remote else sys.executable  # a remote node has its own interpreter
         log_path = art.stage_dir(self.run_dir, stage) / f"attempt-{attempt}.log"
-        return RunningAttempt(stage, attempt_id, attempt, job_id, jobs, time.monotonic(),
-                              LogTail(stage, job_id, jobs, log_path, secrets=tuple(secrets.values())))
+        # How the attempt reaches its cluster is the cluster's business (its dispatcher): this says what it needs.
+        distributed = self.distributed(stage)
+        jobs.submit(StageJob(submission_id=job_id, entrypoint=[python, "-m", WRAPPER_MODULE], env=env,
+                             log_path=log_path, cpus=spec.resources.cpus, gpus=float(spec.resources.gpus),
+                             memory_gb=spec.resources.memory_gb, distributed=distributed, needs_ray=distributed,
+                             working_dir=str(self.base_dir) if remote else None,
+                             excludes=tuple(self.working_dir_excludes()) if remote else ()))
+        self.store.finish_attempt(attempt_id, StageStatus.RUNNING, job_id=job_id, finished_at=None)
+        now = time.monotonic()
+        return RunningAttempt(stage, attempt_id, attempt, job_id, jobs, now,
+                              LogTail(stage, job_id, jobs, log_path, secrets=tuple(secrets.values()),
+                                      verbose=self.verbose))
+
+    def distributed(self, stage: str) -> bool:
+        """Whether the stage starts Ray Train workers (it then attaches to a Ray cluster itself)."""
+        spec = self.pipeline.stages[stage]
+        job = find_job(spec.uses) if spec.uses else None
+        return job is not None and job.runs_distributed(spec.with_)
 
     def message(self, stage: str, inputs: dict[str, Path], cluster: Cluster) -> StageMessage:
         """What the stage wrapper runs; on a remote cluster this uploads the inputs."""

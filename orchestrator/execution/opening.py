@@ -36,6 +36,7 @@ class RunOptions:
     run_id: str | None = None
     no_cache: tuple[str, ...] = ()  # stages to run even when the cache has them
     new: bool = False  # a new run, not a resumed one, that still reuses from the cache (--fresh does not)
+    verbose: bool = False  # show Ray's own log lines on the terminal too (they are always in the log files)
 
 
 @dataclass

@@ -61,7 +61,7 @@ def check_budget(pipeline: Pipeline, plan: Plan, spent: float) -> None:
 def execute(store: Store, pipeline: Pipeline, file: Path, *, resume: str | None = None, fresh: bool = False,
             policy: str | None = None, keep_ray: bool = False, only_if_changed: bool = False, trigger: str = "manual",
             quiet: bool = False, reporter: Reporter | None = None, no_cache: tuple[str, ...] = (),
-            new: bool = False) -> RunResult:
+            new: bool = False, verbose: bool = False) -> RunResult:
     unknown = sorted(set(no_cache) - set(pipeline.stages))
     if unknown:
         raise UsageError(f"--no-cache {', '.join(unknown)}: no such stage in {pipeline.name}",
@@ -82,9 +82,11 @@ def execute(store: Store, pipeline: Pipeline, file: Path, *, resume: str | None 
                         on_alert=lambda used, cap: reporter.info(f"[yellow]budget: ${used:.2f} of ${cap:.2f} spent[/]"))
     try:
         options = RunOptions(fresh=fresh, resume=resume, trigger=trigger, only_if_changed=only_if_changed,
-                             no_cache=tuple(no_cache), new=new)
+                             no_cache=tuple(no_cache), new=new, verbose=verbose)
+        # Check in well within the nodes' idle time (their dead-man switch): a quarter of it, at most a minute.
         runner = Runner(store, pipeline, file, providers=providers, plan=plan, reporter=reporter,
-                        machine=profile.fingerprint, guard=guard, options=options)
+                        machine=profile.fingerprint, guard=guard, options=options,
+                        heartbeat_seconds=min(60.0, pipeline.cloud.idle_minutes * 60 / 4))
         return runner.run()
     finally:
         reporter.close()

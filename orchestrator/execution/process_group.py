@@ -1,7 +1,8 @@
 """A stage attempt's processes as one unit: the process group the stage wrapper and the stage share.
 
-Ray starts every job's entrypoint in a session of its own and kills that whole group when the job is
-stopped or its supervisor dies; the stage runs in the same group, so it goes too. The wrapper ends
+The dispatcher starts every attempt's wrapper in a session of its own (Ray does for a job's entrypoint
+on a remote cluster, lhorch's local dispatcher on this machine) and kills that whole group when the
+attempt is stopped; the stage runs in the same group, so it goes too. The wrapper ends
 the rest of the group itself on a timeout, when the lhorch that owns it is gone, and when the stage
 ends (a `tee` or a daemon it left).
 

@@ -1,5 +1,8 @@
-"""One Ray Jobs client for every cluster, local or remote: submit, follow logs, stop.
+"""The Ray Jobs client: how stages reach a remote cluster (submit, follow logs, stop).
 
+It is one Dispatcher (lhorch.providers.dispatch) among others: the local node runs its stages its own
+way. While a stage runs, it is asked for its state less and less often (every 0.1 s at first, every
+2 s once it has run a minute), so a long stage costs a request every few seconds, not ten a second.
 A lost connection is retried with exponential backoff (bounded); when the cluster stays unreachable
 the caller gets ClusterUnreachable, which fails the stage with a clear message and leaves the run
 resumable. The token travels only in the Authorization header and never in a message.
@@ -9,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import requests
@@ -17,21 +19,19 @@ import requests
 from lhorch.orchestrator.core.cluster import Cluster
 from lhorch.orchestrator.core.errors import ClusterUnreachable
 from lhorch.orchestrator.core.status import JobStatus
+from lhorch.providers.dispatch import JobState, StageJob
+
+__all__ = ["JobState", "RayJobs"]
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class JobState:
-    status: JobStatus
-    message: str = ""
-
-    @property
-    def terminal(self) -> bool:
-        return self.status.terminal
+# Polling pace while a job runs: its age over this, between the bounds.
+POLL_MIN_S, POLL_MAX_S, POLL_AGE_FRACTION = 0.1, 2.0, 0.03
 
 
 class RayJobs:
+    writes_log = False  # the runner copies what the Jobs API returns into the attempt's log file
+    notifies = False
+
     def __init__(self, cluster: Cluster, *, retries: int = 5, backoff: float = 0.5,
                  sleep: Callable[[float], None] = time.sleep):
         self.cluster = cluster
@@ -69,9 +69,28 @@ class RayJobs:
                 delay = min(delay * 2, 8.0)
         raise AssertionError("unreachable")
 
-    def submit(self, *, submission_id: str, entrypoint: str, env: dict[str, str], cpus: float, gpus: float,
-               working_dir: str | None = None, excludes: list[str] | None = None,
-               py_modules: list[str] | None = None) -> str:
+    def poll_interval(self, age: float) -> float:
+        return min(POLL_MAX_S, max(POLL_MIN_S, age * POLL_AGE_FRACTION))
+
+    def warm_up(self) -> None:
+        return None  # a cluster the Jobs API answers for is up
+
+    def read_log(self, job_id: str, offset: int) -> tuple[str, int]:
+        # The Jobs API returns the whole log each time: the part past ``offset`` is new.
+        text = self.logs(job_id)
+        return text[offset:], len(text)
+
+    def submit(self, job: StageJob) -> str:
+        """Submit through the Jobs API; a distributed job's driver reserves no CPU or GPU (its Ray Train
+        workers take the stage's)."""
+        cpus, gpus = (0.0, 0.0) if job.distributed else (job.cpus, float(job.gpus))
+        return self.submit_job(submission_id=job.submission_id, entrypoint=" ".join(job.entrypoint), env=job.env,
+                               cpus=cpus, gpus=gpus, working_dir=job.working_dir,
+                               excludes=list(job.excludes) or None)
+
+    def submit_job(self, *, submission_id: str, entrypoint: str, env: dict[str, str], cpus: float, gpus: float,
+                   working_dir: str | None = None, excludes: list[str] | None = None,
+                   py_modules: list[str] | None = None) -> str:
         client = self._connect()
         runtime_env: dict[str, Any] = {"env_vars": env}
         if working_dir:

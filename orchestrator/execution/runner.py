@@ -1,8 +1,10 @@
-"""Walk a pipeline's DAG and run every stage where the plan placed it, through Ray's Jobs API.
+"""Walk a pipeline's DAG and run every stage where the plan placed it, through its cluster's dispatcher.
 
-One loop, one thread: ready stages are submitted (Ray queues them within each cluster's resources,
-so independent stages run in parallel as far as CPUs allow), running ones are polled for state and
-logs, finished ones record their artifacts. Clusters are acquired lazily — a run whose stages are
+One loop, one thread: ready stages are submitted (each cluster queues them within its resources, so
+independent stages run in parallel as far as CPUs allow), running ones are asked for state and logs,
+finished ones record their artifacts. The loop sleeps until an attempt may have changed: a dispatcher
+that notifies (the local node's) wakes it when an attempt ends; others are asked less often the
+longer a stage runs (their ``poll_interval``). Clusters are acquired lazily — a run whose stages are
 all cached starts nothing — and released in ``finally``, whatever ended the run.
 
 Everything is recorded in the store before it is acted on, so a crash leaves a run that the next
@@ -12,7 +14,8 @@ kept, the rest run again.
 This module is the loop and its entry point; each part it drives has a module of its own:
 - opening.py: create the run, or reopen the one being resumed (RunOptions);
 - cluster_pool.py: the run's clusters: targets from the plan, acquire, release, loss, heartbeats;
-- launch.py: one attempt of a stage: inputs, reuse within a resumed run, output folder, environment, submit;
+- launch.py: one attempt of a stage: inputs, reuse within a resumed run, output folder, environment, submit
+  (to the cluster's dispatcher: providers/dispatch.py; ray_jobs.py for remote clusters);
 - reuse.py, stage_cache.py: cache keys and reuse across runs, through a content-addressed store;
 - logs.py: follow a running attempt's log into its file and onto the terminal;
 - outcome.py: what an ended attempt means (succeeded, stopped, retry, failed), as pure functions;
@@ -40,6 +43,7 @@ from lhorch.orchestrator.core.status import JobStatus, RunStatus, StageStatus
 from lhorch.orchestrator.execution import staging
 from lhorch.orchestrator.execution.cluster_pool import ClusterPool, Target
 from lhorch.orchestrator.execution.launch import RunningAttempt, StageLauncher
+from lhorch.orchestrator.execution.logs import LOG_POLL_S
 from lhorch.orchestrator.execution.opening import OpenedRun, RunOptions, open_run
 from lhorch.orchestrator.execution.outcome import Decision, blocked, decide, past_backstop, ready, run_status
 from lhorch.orchestrator.execution.progress import RETRYING, QuietReporter, Reporter
@@ -51,7 +55,8 @@ from lhorch.providers.base import Provider
 
 __all__ = ["RunOptions", "RunResult", "Runner", "all_local_plan"]
 
-POLL_S = 0.1
+# The longest the loop sleeps with stages running (a heartbeat's news of a lost cluster waits this long).
+MAX_WAIT_S = 2.0
 
 
 @dataclass
@@ -127,7 +132,10 @@ class Runner:
         self.pool = ClusterPool(self.store, self.run_id, self.providers, self.reporter, guard=self.guard,
                                 heartbeat_seconds=self.heartbeat_seconds, on_acquired=self.on_cluster_acquired)
         interrupts.set_still_up(self.pool.still_up)
-        self.launcher = StageLauncher(self.store, self.pipeline, self.run_id, self.run_dir, self.base_dir)
+        self.launcher = StageLauncher(self.store, self.pipeline, self.run_id, self.run_dir, self.base_dir,
+                                      verbose=self.options.verbose)
+        # Stages that attach to Ray themselves: their cluster gets Ray ready while earlier stages run.
+        self._ray_stages = {s for s in self.order if self.launcher.distributed(s)}
         self.recorder = Recorder(self.store, self.pipeline, self.plan, self.run_id, self.machine)
         self.reuse = StageReuse(self.store, self.pipeline, self.base_dir, self.file, fresh=self.options.fresh,
                                 no_cache=self.options.no_cache)
@@ -176,6 +184,7 @@ class Runner:
     # --- the loop -----------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
+            self.pool.wake.clear()  # an attempt that ends from here on ends the next wait at once
             if self.guard is not None:
                 reason = self.guard.check()
                 if reason:
@@ -186,7 +195,13 @@ class Runner:
                 return
             if not self.running and not progressed:
                 return  # nothing runs and nothing can start: the rest is blocked
-            time.sleep(POLL_S)
+            self.pool.wake.wait(self._until_next_poll())
+
+    def _until_next_poll(self) -> float:
+        """Seconds until a running attempt is due to be asked again (its state, or its log's new lines)."""
+        now = time.monotonic()
+        due = [run.log.last_poll + LOG_POLL_S if run.jobs.notifies else run.next_poll for run in self.running.values()]
+        return max(0.0, min([now + MAX_WAIT_S, *due]) - now) if due else 0.05
 
     def _needs(self, stage: str) -> list[StageStatus]:
         return [self.state[n] for n in self.pipeline.stages[stage].needs]
@@ -223,6 +238,8 @@ class Runner:
             return
         target = self.pool.target_of(stage)
         cluster, jobs = self.pool.acquire(target)
+        if self._ray_stages & target.unfinished:
+            jobs.warm_up()  # started now, in the background, it is ready (or closer) when such a stage is
         self.attempt_no[stage] += 1
         self.running[stage] = self.launcher.launch(stage, key, target.key, cluster, jobs, inputs)
         self._set(stage, StageStatus.RUNNING, target.key if not target.local else "")
@@ -234,8 +251,23 @@ class Runner:
             if target.lost:
                 self._cluster_lost(target)
                 continue
-            state = run.jobs.state(run.job_id)
-            if run.log.due(now) or state.terminal:
+            if now < run.next_poll:
+                continue
+            try:
+                state = run.jobs.state(run.job_id)
+            except ClusterUnreachable as exc:
+                if target.cluster is None or not target.cluster.remote:
+                    raise
+                # A cloud cluster that stopped answering is lost (a spot interruption often shows here
+                # before the heartbeat sees it): its attempts fail and retries run on a fresh one.
+                target.lost = target.lost or str(exc)
+                self._cluster_lost(target)
+                continue
+            # One that notifies is asked every time round (a look at a table); others when due.
+            run.next_poll = 0.0 if run.jobs.notifies else now + run.jobs.poll_interval(now - run.started)
+            if state.terminal:
+                run.log.pump(self.reporter, final=True)
+            elif run.log.due(now):
                 run.log.pump(self.reporter)
             if not state.terminal:
                 # The node enforces the timeout itself; this is the backstop if it cannot.

@@ -5,7 +5,8 @@ It reads what to run from ``LHORCH_EXEC`` (a StageMessage, lhorch.orchestrator.c
 - on a remote cluster, fetches the inputs from the artifact store into scratch space first and sends
   the outputs back afterwards, so the job itself only ever sees local paths (jobs/context.py);
 - runs the stage's command (``run:``, under bash with ``set -o pipefail``) or built-in job (``uses:``)
-  in its own process group (the one Ray made for the job, which Ray kills when the job is stopped),
+  in its own process group (the session its dispatcher made for the attempt: a Ray job's on a remote
+  cluster, lhorch's local dispatcher's here; either kills that group when the attempt is stopped),
   and ends everything else in that group (a pipeline's every command, whatever they started) on a
   timeout, when the lhorch that launched it or its own parent is gone (lhorch or its Ray node killed),
   and when the stage ends, so nothing of an attempt outlives it (process_group.py, issue 17);
@@ -41,7 +42,6 @@ from lhorch.orchestrator.core.stage_message import (
     StageMessage,
 )
 from lhorch.orchestrator.execution import process_group
-from lhorch.providers.transfer import read_secrets, store_for_uri
 
 WATCH_S = 0.5  # how often the wrapper checks that its parent (the Ray job's supervisor) is still there
 
@@ -51,6 +51,9 @@ def _secrets(env: dict[str, str]) -> list[str]:
     wrote on this machine) and return their values, to mask."""
     uri = env.pop(SECRETS_URI_VAR, None)
     if uri:
+        # deferred: SSM through boto3, on cloud nodes only; a stage on this machine starts ~0.1 s sooner without
+        from lhorch.providers.transfer import read_secrets
+
         env.update(read_secrets(uri))
     path = env.pop(SECRETS_FILE_VAR, None)
     if path:  # on this machine: a 0600 file the runner wrote for this attempt alone
@@ -73,11 +76,18 @@ def _pump_masked(stream, values: list[str]) -> None:
         out.flush()
 
 
+def _store(uri: str):
+    # deferred: the artifact store (S3 through boto3) is for remote nodes; a local stage starts sooner without
+    from lhorch.providers.transfer import store_for_uri
+
+    return store_for_uri(uri)
+
+
 def _fetch_inputs(remote: RemoteArtifacts, scratch: Path) -> dict[str, str]:
     local: dict[str, str] = {}
     for name, uri in remote.inputs.items():
         dest = scratch / "inputs" / name.replace("/", "_")
-        store_for_uri(uri).get(uri, dest)
+        _store(uri).get(uri, dest)
         local[name] = str(dest)
     return local
 
@@ -86,13 +96,13 @@ def _fetch_checkpoints(remote: RemoteArtifacts, out_dir: Path) -> None:
     """A retried remote stage continues from the step checkpoints its failed attempt sent back."""
     uri = remote.output_uri + "checkpoints/"
     try:
-        store_for_uri(uri).get(uri, out_dir / "checkpoints")
+        _store(uri).get(uri, out_dir / "checkpoints")
     except Exception as exc:  # no earlier attempt, or nothing to resume from: start fresh
         print(f"[lhorch] no checkpoints to resume from ({type(exc).__name__})", flush=True)
 
 
 def _send_outputs(remote: RemoteArtifacts, out_dir: Path) -> None:
-    store_for_uri(remote.output_uri).put(out_dir, remote.output_uri)
+    _store(remote.output_uri).put(out_dir, remote.output_uri)
 
 
 def _wait(child: subprocess.Popen, timeout: float | None, owner: int) -> int:

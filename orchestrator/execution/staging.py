@@ -17,6 +17,7 @@ from lhorch.orchestrator.core.errors import LhorchError, UsageError
 from lhorch.orchestrator.core.spec import Pipeline
 from lhorch.orchestrator.core.stage_message import SECRET_NAMES_VAR, SECRETS_FILE_VAR, SECRETS_URI_VAR, RemoteArtifacts
 from lhorch.orchestrator.pipeline import artifacts as art
+from lhorch.orchestrator.state import ledger
 from lhorch.orchestrator.state.store import Store
 from lhorch.providers.aws.names import TAG_EXPIRES, TAG_GROUP, TAG_HOST, TAG_INSTALL, TAG_RUN, iso
 from lhorch.providers.transfer import artifact_uri, secrets_uri, store_for_uri, write_secrets
@@ -47,7 +48,11 @@ def send_inputs(store: Store, pipeline: Pipeline, run_id: str, run_dir: Path, ba
         uri = artifact_uri(base, "runs", run_id, *where, folder=path.is_dir())
         if uri not in uris.values():  # one artifact under two names goes up once
             store.event(run_id, "transfer", f"upload {ref.name}", stage=stage, uri=uri)
-            store_for_uri(uri).put(path, uri)
+            transfer = store_for_uri(uri)
+            try:
+                transfer.put(path, uri)
+            finally:  # its requests, paid for even when the upload fails (issue 16)
+                ledger.record_items(store, run_id, stage, transfer.cost_items())
         uris[ref.name] = uri
     return RemoteArtifacts(inputs=uris, output_uri=outputs_uri(cluster, run_id, stage))
 
@@ -55,7 +60,11 @@ def send_inputs(store: Store, pipeline: Pipeline, run_id: str, run_dir: Path, ba
 def fetch_outputs(store: Store, run_id: str, stage: str, cluster: Cluster, out_dir: Path) -> None:
     uri = outputs_uri(cluster, run_id, stage)
     store.event(run_id, "transfer", "download outputs", stage=stage, uri=uri)
-    store_for_uri(uri).get(uri, out_dir)
+    transfer = store_for_uri(uri)
+    try:
+        transfer.get(uri, out_dir)
+    finally:  # its requests and the bytes out of AWS, paid for even when the download fails (issue 16)
+        ledger.record_items(store, run_id, stage, transfer.cost_items())
 
 
 def secret_values(pipeline: Pipeline, stage: str) -> dict[str, str]:

@@ -15,6 +15,7 @@ from lhorch.orchestrator.core.plan import Plan
 from lhorch.orchestrator.state.store import Store, utcnow
 
 ESTIMATE = "estimate"
+TRANSFER_OUT = "transfer-out"  # data brought back out of the cloud (its own kind: the budget sets it aside)
 RUN_LEVEL = "(run)"  # per_stage key for items not tied to one stage (a cluster shared by a group)
 
 
@@ -45,6 +46,27 @@ def record(store: Store, run_id: str, pipeline: str, stage: str | None, kind: st
             (run_id, stage, pipeline, kind, item, unit_price, quantity, unit, usd, source, _at(at)),
         )
     return usd
+
+
+@dataclass(frozen=True)
+class CostItem:
+    """A metered item a provider counted (requests, bytes), priced by it: one ledger row each."""
+
+    kind: str
+    item: str
+    unit_price: float
+    quantity: float
+    unit: str
+    source: str
+
+
+def record_items(store: Store, run_id: str, stage: str | None, items: list[CostItem], at: datetime | None = None
+                 ) -> float:
+    """Record counted items (nothing for a zero quantity) under the run's pipeline; returns their usd."""
+    got = store.query("SELECT pipeline FROM runs WHERE id=?", (run_id,))
+    pipeline = str(got[0]["pipeline"]) if got else (pipeline_of(store, run_id) or "")
+    return sum(record(store, run_id, pipeline, stage, i.kind, i.item, i.unit_price, i.quantity, i.unit, i.source,
+                      at or utcnow()) for i in items if i.quantity > 0)
 
 
 def record_estimate(store: Store, run_id: str, pipeline: str, plan: Plan, at: datetime | None = None) -> float:
@@ -195,13 +217,17 @@ def _rows_of(store: Store, resource_ids: list[str], state: str | None = None) ->
     return [dict(r) for r in store.query(sql, (*resource_ids, *([state] if state else [])))]
 
 
-def close_row(store: Store, row_id: int, ended_at: datetime) -> float:
+def close_row(store: Store, row_id: int, ended_at: datetime, *, by_hard_stop: bool = False) -> float:
     """Close one row at ``ended_at`` (its real end). Closing a closed row again only ever makes it
-    longer: two observers of one termination (the run's meter, the teardown) keep the later end."""
+    longer: two observers of one termination (the run's meter, the teardown) keep the later end.
+    ``by_hard_stop``: ``ended_at`` is only when lhorch noticed the end (a node that powered itself off
+    is found by `lhorch gc` hours later), so an open row ends no later than its hard stop."""
     got = store.query("SELECT * FROM ledger WHERE id=?", (row_id,))
     if not got:
         return 0.0
     r = got[0]
+    if by_hard_stop and r["state"] == OPEN and r["ends_by"]:
+        ended_at = min(ended_at, datetime.fromisoformat(r["ends_by"]))
     started = datetime.fromisoformat(r["started_at"])
     q = _seconds(started, ended_at, r["minimum_s"])
     if r["state"] == CLOSED:
@@ -212,9 +238,11 @@ def close_row(store: Store, row_id: int, ended_at: datetime) -> float:
     return q * float(r["unit_price"])
 
 
-def close_resources(store: Store, resource_ids: list[str], ended_at: datetime) -> float:
+def close_resources(store: Store, resource_ids: list[str], ended_at: datetime, *, by_hard_stop: bool = False
+                    ) -> float:
     """Close every open row of these cloud resources (terminated at ``ended_at``); returns their usd."""
-    return sum(close_row(store, r["id"], ended_at) for r in _rows_of(store, resource_ids, OPEN))
+    return sum(close_row(store, r["id"], ended_at, by_hard_stop=by_hard_stop)
+               for r in _rows_of(store, resource_ids, OPEN))
 
 
 def open_items(store: Store, run_id: str | None = None) -> list[dict]:
@@ -247,4 +275,4 @@ def close_unbound(store: Store, run_id: str, item_prefix: str, ended_at: datetim
     process died right after the create call): from their intent time, the closest record there is."""
     got = store.query("SELECT id FROM ledger WHERE run_id=? AND state=? AND resource_id IS NULL AND item LIKE ?",
                       (run_id, OPEN, item_prefix + "%"))
-    return sum(close_row(store, r["id"], ended_at) for r in got)
+    return sum(close_row(store, r["id"], ended_at, by_hard_stop=True) for r in got)

@@ -1,5 +1,6 @@
 """What a cluster needs besides its nodes: the Ray token parameter, the security group, the key
-pair, the node role and the artifact bucket.
+pair (only for a connector that needs SSH), the node role, the artifact bucket, and the software the
+nodes install (lhorch's own wheel, uploaded to the bucket, and the pins; see ``shipping``).
 
 Each ``ensure`` is idempotent (find, else create) and the per-cluster ones write their intent row
 before the AWS call and mark it created after, so a crash in between leaves a row ``gc`` follows.
@@ -19,20 +20,23 @@ from pydantic import SecretStr
 
 from lhorch.orchestrator.core.cluster import ClusterRequest
 from lhorch.orchestrator.core.errors import CloudError
-from lhorch.providers.aws import records, security
+from lhorch.providers.aws import records, security, shipping
+from lhorch.providers.aws.bootstrap import NodeSoftware
 from lhorch.providers.aws.context import AwsContext
 from lhorch.providers.aws.ec2 import TAG_INSTALL
 from lhorch.providers.aws.names import node_role_name, token_parameter
 from lhorch.providers.aws.retry import error_code
-from lhorch.providers.aws.s3 import default_bucket_name, ensure_bucket
+from lhorch.providers.aws.s3 import S3ArtifactStore, default_bucket_name, ensure_bucket
 
 
 class Auxiliary:
-    """The auxiliary resources of the clusters of one provider. ``ip_lookup`` finds the caller's
-    public IP for the SSH rule (None: no SSH rule, as for listing and deleting)."""
+    """The auxiliary resources of the clusters of one provider. With ``ssh`` (a connector that
+    needs it) a key pair is made and ``ip_lookup`` finds the caller's public IP for the SSH rule;
+    without, neither happens."""
 
-    def __init__(self, ctx: AwsContext, ip_lookup: Callable[[], str] | None):
-        self.ctx, self.ip_lookup = ctx, ip_lookup
+    def __init__(self, ctx: AwsContext, ip_lookup: Callable[[], str] | None, ssh: bool = False):
+        self.ctx, self.ip_lookup, self.ssh = ctx, ip_lookup, ssh
+        self._software: NodeSoftware | None = None
         self.bucket_name: str | None = ctx.settings.bucket
         self.instance_profile: str | None = ctx.settings.instance_profile  # the last one used
         self._bucket_ready = False
@@ -64,12 +68,14 @@ class Auxiliary:
 
     def security_group(self, request: ClusterRequest, name: str, vpc: str, tags: dict[str, str]) -> str:
         self._intent(request, "security_group", name)
-        caller_ip = self.ip_lookup() if self.ip_lookup else None
+        caller_ip = self.ip_lookup() if self.ssh and self.ip_lookup else None
         group_id = security.ensure_security_group(self.ctx.ec2, name, vpc, tags, caller_ip)
         records.mark_created(self.ctx.store, "security_group", name, group_id)
         return group_id
 
-    def key_pair(self, request: ClusterRequest, name: str, tags: dict[str, str]) -> str:
+    def key_pair(self, request: ClusterRequest, name: str, tags: dict[str, str]) -> str | None:
+        if not self.ssh:
+            return None
         self._intent(request, "key_pair", name)
         key_id = security.ensure_key_pair(self.ctx.ec2, name, tags, self.ctx.store.home)
         records.mark_created(self.ctx.store, "key_pair", name, key_id)
@@ -94,6 +100,23 @@ class Auxiliary:
                                  hint="Set cloud.bucket in the pipeline file to a bucket of your own account.")
             self._bucket_ready = True
         return self.bucket_name
+
+    def software(self) -> NodeSoftware:
+        """lhorch's wheel of the code running here, in the bucket (uploaded once per content), and
+        the interpreter and package pins the nodes install (``shipping``)."""
+        if self._software is None:
+            bucket = self.bucket()
+            wheel = shipping.local_wheel(self.ctx.store.home)
+            owner = self.ctx.clients.identity()["account"]
+            store = S3ArtifactStore(bucket, self.ctx.settings.prefix, self.ctx.clients.s3, owner=owner)
+            key = shipping.wheel_key(wheel)
+            store.put_file(wheel.path, key, sha256=wheel.sha256)
+            versions = self.ctx.settings.versions
+            only = {k: v for k, v in versions.items() if k not in ("python", "lhorch")} if versions else None
+            python = (versions or {}).get("python") or shipping.python_version()
+            self._software = NodeSoftware(python=python, wheel_uri=store.uri(key), wheel_sha256=wheel.sha256,
+                                          requirements=tuple(shipping.pins(only)))
+        return self._software
 
     def node_role(self, request: ClusterRequest, tags: dict[str, str]) -> str | None:
         """The nodes' instance profile: the configured one, else one for this cluster alone (see the

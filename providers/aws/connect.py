@@ -1,10 +1,17 @@
 """Reaching a cluster's head from the laptop without opening any port to the internet.
 
 ``HeadConnector.connect(head) -> (address, token)`` returns a Ray Jobs address that works from this
-machine and the token to use with it. Production connectors forward 127.0.0.1:<free port> to the
-head's 8265 through SSM Session Manager (no inbound rule at all; needs the AWS CLI and its
-session-manager-plugin) or an SSH tunnel (port 22 open to the caller's /32 only). Tests use a
-connector that returns a local stand-in Ray cluster's address and token.
+machine and the token to use with it. ``cloud.connector`` picks one:
+
+- ``ssm`` (the default): forward 127.0.0.1:<free port> to the head's 8265 through SSM Session Manager
+  (no inbound rule at all; needs the AWS CLI and its session-manager-plugin);
+- ``direct``: the head's private address is routable from here (VPN, peered VPC, the test box), so
+  lhorch talks to ``http://<private ip>:8265``; a group of the user's own (``cloud.security_group_ids``)
+  lets that traffic in.
+
+``SshTunnel`` (port 22 open to the caller's /32 only, with a key pair) is kept for programmatic use;
+it is the only connector with ``needs_ssh``, which is what makes lhorch create a key pair, an SSH
+rule and look up the caller's public IP. Tests use a connector that returns a local stand-in.
 """
 
 from __future__ import annotations
@@ -64,8 +71,37 @@ def probe(address: str, token: SecretStr | None, timeout: float = 5.0) -> bool:
         return False
 
 
+class DirectConnector:
+    """The head's private address is routable from here: nothing to start or stop."""
+
+    needs_ssh = False
+
+    def connect(self, head: HeadNode) -> tuple[str, SecretStr]:
+        if not head.private_ip:
+            raise ClusterUnreachable(f"{head.instance_id} has no private address yet")
+        return f"http://{head.private_ip}:{RAY_DASHBOARD_PORT}", head.token
+
+    def close(self, head: HeadNode) -> None:
+        pass
+
+
+def make_connector(name: str) -> HeadConnector:
+    """The connector ``cloud.connector`` names."""
+    if name == "direct":
+        return DirectConnector()
+    if name == "ssm":
+        return SsmPortForward()
+    raise ValueError(f"unknown connector {name!r} (ssm | direct)")
+
+
+def needs_ssh(connector: object) -> bool:
+    return bool(getattr(connector, "needs_ssh", False))
+
+
 class _ForwardingConnector:
     """Shared part: one port-forward subprocess per head, kept until close()."""
+
+    needs_ssh = False
 
     def __init__(self, start_timeout: float = 30.0):
         self.start_timeout = start_timeout
@@ -119,6 +155,8 @@ class SsmPortForward(_ForwardingConnector):
 
 class SshTunnel(_ForwardingConnector):
     """``ssh -N -L <port>:127.0.0.1:8265 ec2-user@<public ip>`` with the cluster's key pair."""
+
+    needs_ssh = True
 
     def __init__(self, user: str = "ec2-user", start_timeout: float = 30.0):
         super().__init__(start_timeout)

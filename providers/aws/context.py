@@ -127,7 +127,8 @@ class AwsContext:
                            cache=PriceCache(self.store.home / "cache" / "aws-prices.json", self.clock),
                            fallback=self.price_fallback)
 
-    def wait_for(self, ids: list[str], done: Callable[[str | None], bool], timeout: float) -> dict[str, dict[str, Any]]:
+    def wait_for(self, ids: list[str], done: Callable[[str | None], bool], timeout: float,
+                 on_poll: Callable[[dict[str, dict[str, Any]]], None] | None = None) -> dict[str, dict[str, Any]]:
         """Poll the instances until ``done(state)`` holds for each (None: gone), or CloudError."""
         return ec2ops.wait_until(self.clients.ec2, ids, done, timeout, self.sleep, self.monotonic,
-                                 self.settings.poll_interval)
+                                 self.settings.poll_interval, on_poll)

@@ -27,12 +27,13 @@ from lhorch.providers.aws.names import (  # noqa: F401  (the tag names, re-expor
     TAG_ROLE,
     TAG_RUN,
 )
-from lhorch.providers.aws.retry import Backoff, error_code
+from lhorch.providers.aws.retry import THROTTLING_CODES, Backoff, error_code
 from lhorch.providers.aws.security import tag_list
 
 # Every state in which an instance (or its volumes) can still cost money.
 BILLABLE_STATES = ("pending", "running", "stopping", "stopped", "shutting-down")
 UP_STATES = ("pending", "running")
+ALL_STATES = ("pending", "running", "shutting-down", "terminated", "stopping", "stopped")
 
 # No capacity for this type/market in this zone right now: try another zone, type or market.
 CAPACITY_CODES = frozenset({
@@ -69,11 +70,14 @@ def sibling_types(instance_type: str) -> list[str]:
     return []
 
 
-def client_token(run_id: str, group: str, index: int, candidate: int) -> str:
-    """Stable per (run, group, node, candidate): a retried RunInstances with it never starts a second
-    instance. (moto does not enforce client tokens, so the provider also looks for tagged instances
-    and keeps an intent row; the token is the cloud-side half of the same guarantee.)"""
-    digest = hashlib.sha256(f"{run_id}\0{group}\0{index}".encode()).hexdigest()[:32]
+def client_token(run_id: str, group: str, index: int, candidate: int, launch_id: str = "") -> str:
+    """Stable per (run, group, node, candidate) within one acquisition (``launch_id``): a retried
+    RunInstances with it never starts a second instance, and a later acquisition of the same group
+    (after a spot loss, on a resume) gets a token of its own, since EC2 would answer a reused one with
+    the old, terminated instance or IdempotentParameterMismatch. (moto does not enforce client tokens,
+    so the provider also looks for tagged instances and keeps an intent row; the token is the
+    cloud-side half of the same guarantee.)"""
+    digest = hashlib.sha256(f"{run_id}\0{group}\0{index}\0{launch_id}".encode()).hexdigest()[:32]
     return f"lhorch-{digest}-{candidate}"
 
 
@@ -135,7 +139,7 @@ def default_subnets(ec2: Any, subnet_ids: list[str] | None = None) -> list[dict[
         subnets = ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"]
     if not subnets:
         raise CloudError("no subnet to launch in (this region has no default VPC)",
-                         hint="Set cloud.subnets in the pipeline file.")
+                         hint="Set cloud.subnet_ids in the pipeline file.")
     return [{"id": s["SubnetId"], "zone": s["AvailabilityZone"], "vpc": s["VpcId"]}
             for s in sorted(subnets, key=lambda s: s["AvailabilityZone"])]
 
@@ -166,14 +170,14 @@ class Candidate:
     subnet: dict[str, str]
 
 
-def run_instance(ec2: Any, *, candidate: Candidate, image_id: str, root_device: str, security_group: str,
+def run_instance(ec2: Any, *, candidate: Candidate, image_id: str, root_device: str, security_groups: list[str],
                  key_name: str | None, user_data: str, instance_profile: str | None, tags: dict[str, str],
                  token: str, volume_gb: int, backoff: Backoff) -> dict[str, Any]:
     """One node with every safety setting: IMDSv2 only (hop limit 1, tags readable by the node for
     the dead-man switch), shutdown terminates, volumes deleted on termination, everything tagged."""
     kwargs: dict[str, Any] = {
         "ImageId": image_id, "InstanceType": candidate.instance_type, "MinCount": 1, "MaxCount": 1,
-        "ClientToken": token, "SubnetId": candidate.subnet["id"], "SecurityGroupIds": [security_group],
+        "ClientToken": token, "SubnetId": candidate.subnet["id"], "SecurityGroupIds": security_groups,
         "UserData": user_data,  # botocore base64-encodes it
         "InstanceInitiatedShutdownBehavior": "terminate",
         "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1, "HttpEndpoint": "enabled",
@@ -220,6 +224,8 @@ def launch_first_fit(candidates: list[Candidate], launch: Callable[[Candidate, i
                 raise CloudError(f"vCPU quota exceeded for {candidate.instance_type}: {exc}",
                                  hint="Ask AWS for a higher quota (Service Quotas → EC2) "
                                       "or use a smaller instance type.") from exc
+            if code in THROTTLING_CODES:
+                raise  # aws_errors() says so, with its hint
             raise CloudError(f"could not launch {candidate.instance_type}: {exc}") from exc
     raise CapacityError("no capacity for any candidate: " + "; ".join(errors),
                         hint="Try again later, another region (cloud.region), or allow other instance types.")
@@ -243,13 +249,16 @@ def terminate(ec2: Any, ids: list[str], backoff: Backoff) -> None:
 
 def wait_until(ec2: Any, ids: list[str], done: Callable[[str | None], bool], timeout: float,
                sleep: Callable[[float], None], clock: Callable[[], float] = time.monotonic,
-               interval: float = 5.0) -> dict[str, dict[str, Any]]:
-    """Poll until ``done(state)`` for every id (state None: the instance no longer exists)."""
+               interval: float = 5.0, on_poll: Callable[[dict[str, dict[str, Any]]], None] | None = None
+               ) -> dict[str, dict[str, Any]]:
+    """Poll until ``done(state)`` for every id (state None: the instance no longer exists);
+    ``on_poll`` sees every poll's instances first (it may raise to end the wait)."""
     deadline = clock() + timeout
     while True:
         found = {i["InstanceId"]: i for i in instances(ec2, [{"Name": "instance-id", "Values": ids}],
-                                                      states=("pending", "running", "shutting-down", "terminated",
-                                                              "stopping", "stopped"))}
+                                                      states=ALL_STATES)}
+        if on_poll is not None:
+            on_poll(found)
         if all(done(found[i]["State"]["Name"] if i in found else None) for i in ids):
             return found
         if clock() >= deadline:

@@ -4,6 +4,10 @@ head, then the workers; waiting until they run and the Ray head answers.
 Fallbacks, in order: the offer's type in its market in every zone, then on-demand for a spot offer,
 then sibling types of the same architecture, GPUs and at least 90% of the memory (``ec2.sibling_types``).
 Nodes found by tag are reused, so a process that crashed after RunInstances starts no second one.
+
+While it waits, the launcher checks in for the nodes (their dead-man switch must not fire during a
+slow start) and reads each node's own ``lhorch:boot`` tag: a node that reports a failed bootstrap (or
+is gone) ends the wait at once with the reason, instead of waiting out ``ready_timeout``.
 """
 
 from __future__ import annotations
@@ -17,12 +21,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import SecretStr
 
 from lhorch.orchestrator.core.cluster import ClusterRequest
-from lhorch.orchestrator.core.errors import BudgetError, ClusterUnreachable
+from lhorch.orchestrator.core.errors import BudgetError, CloudError, ClusterUnreachable
 from lhorch.orchestrator.core.plan import Offer
 from lhorch.orchestrator.state import ledger
 from lhorch.providers.aws import ec2 as ec2ops
 from lhorch.providers.aws import records, security
-from lhorch.providers.aws.bootstrap import BootstrapSpec, local_versions, render_user_data
+from lhorch.providers.aws.bootstrap import BOOT_FAILED, BOOT_TAG, BootstrapSpec, NodeSoftware, render_user_data
 from lhorch.providers.aws.connect import HeadConnector, HeadNode
 from lhorch.providers.aws.context import AwsContext
 from lhorch.providers.aws.ec2 import (
@@ -48,6 +52,7 @@ GONE_STATES = (None, "shutting-down", "terminated", "stopping", "stopped")
 EBS_USD_PER_GB_MONTH = 0.08
 IPV4_USD_PER_HOUR = 0.005
 EC2_MIN_BILLED_S = 60.0
+MAX_BEAT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,11 @@ class NodeSetup:
     tags: dict[str, str]
     expires: datetime
     token: SecretStr
+    software: NodeSoftware
+    # This acquisition's id: part of every RunInstances client token, so a later acquisition of the
+    # same (run, group) (after a spot loss, on a resume) never gets an old, terminated instance back.
+    launch_id: str = ""
+    security_groups: tuple[str, ...] = ()  # the user's own, besides the cluster's
 
 
 @dataclass(frozen=True)
@@ -79,21 +89,10 @@ class Launcher:
 
     def __init__(self, ctx: AwsContext, connector: HeadConnector, probe: Probe):
         self.ctx, self.connector, self.probe = ctx, connector, probe
-        self._versions = ctx.settings.versions
+        self._last_beat: float | None = None
         self._amis: dict[tuple[str, bool], tuple[str, str]] = {}
         self._facts: dict[str, dict[str, Any]] = {}
         self._prices_seen: dict[tuple[str, str], float] = {}
-
-    @property
-    def versions(self) -> dict[str, str]:
-        """Python/Ray/lhorch versions the nodes install: the local ones (imports ray, so lazily)."""
-        if self._versions is None:
-            self._versions = local_versions()
-        return self._versions
-
-    @property
-    def lhorch_requirement(self) -> str:
-        return self.ctx.settings.lhorch_requirement or f"lhorch=={self.versions['lhorch']}"
 
     def start(self, request: ClusterRequest, setup: NodeSetup) -> Started:
         """Reuse or launch the head, then the workers (they join the head's private IP); wait for
@@ -101,13 +100,16 @@ class Launcher:
         nodes = self.existing_nodes(request)
         if 0 not in nodes:
             nodes[0] = self.launch_node(request, setup, 0, "head", None)
-        head = self.wait_running([nodes[0]["InstanceId"]])[nodes[0]["InstanceId"]]
+        self._last_beat = None
+        # Check in while waiting as the runner does afterwards: well within the nodes' idle time.
+        beat = min(MAX_BEAT_S, request.idle_minutes * 60 / 4)
+        head = self.wait_running([nodes[0]["InstanceId"]], beat)[nodes[0]["InstanceId"]]
         for index in range(1, request.nodes):
             if index not in nodes:
                 nodes[index] = self.launch_node(request, setup, index, "worker", head.get("PrivateIpAddress"))
         ids = [nodes[i]["InstanceId"] for i in sorted(nodes)]
-        running = self.wait_running(ids)
-        address, auth = self.connect(self.head_node(request, running[ids[0]], setup.token))
+        running = self.wait_running(ids, beat)
+        address, auth = self.connect(self.head_node(request, running[ids[0]], setup.token), ids, beat)
         return Started(instance_ids=ids, running=running, address=address, token=auth)
 
     def existing_nodes(self, request: ClusterRequest) -> dict[int, dict[str, Any]]:
@@ -144,7 +146,9 @@ class Launcher:
         return [Candidate(t, m, s) for t, m in order for s in subnets]
 
     def price(self, offer: Offer, candidate: Candidate) -> float:
-        """The hourly price of a candidate: the offer's own, else live (cached), else the offer's."""
+        """The hourly price of a candidate: the offer's own, else live (cached), else the catalogue's,
+        else the offer's. Never the offer's when the catalogue knows better: an on-demand fallback
+        recorded at the spot price it replaced under-counts the run (issue 16)."""
         if candidate.instance_type == offer.instance_type and candidate.market == offer.market:
             return offer.price_per_hour
         key = (candidate.instance_type, candidate.market)
@@ -154,7 +158,9 @@ class Launcher:
                 live = (prices.spot if candidate.market == "spot" else prices.on_demand)(candidate.instance_type)
             except (ClientError, BotoCoreError):
                 live = None
-            self._prices_seen[key] = live[0] if live else offer.price_per_hour
+            listed = [] if live else [o.price_per_hour for o in prices.fallback(self.ctx.region, True)
+                                      if (o.instance_type, o.market) == key]
+            self._prices_seen[key] = live[0] if live else listed[0] if listed else offer.price_per_hour
         return self._prices_seen[key]
 
     def image(self, instance_type: str) -> tuple[str, str]:
@@ -178,11 +184,10 @@ class Launcher:
         spec = BootstrapSpec(cluster=name, role=role, region=ctx.region,
                              token_parameter=token_parameter(request.run_id, request.group),
                              expires_at=setup.expires, idle_minutes=request.idle_minutes, head_ip=head_ip,
-                             python=self.versions["python"], ray_version=self.versions["ray"],
-                             lhorch_requirement=self.lhorch_requirement)
+                             software=setup.software)
 
         def launch(candidate: Candidate, attempt: int) -> dict[str, Any]:
-            token = ec2ops.client_token(request.run_id, request.group, index, attempt)
+            token = ec2ops.client_token(request.run_id, request.group, index, attempt, setup.launch_id)
             image_id, root = self.image(candidate.instance_type)
             price = self.price(request.offer, candidate)
             now = ctx.clock()
@@ -200,7 +205,8 @@ class Launcher:
             # The ledger too, at its worst case: if lhorch dies from here on, the month still counts it.
             self.open_ledger(request, node, candidate, price, now, expires)
             return ec2ops.run_instance(ctx.ec2, candidate=candidate, image_id=image_id, root_device=root,
-                                       security_group=setup.security_group, key_name=setup.key_name,
+                                       security_groups=[setup.security_group, *setup.security_groups],
+                                       key_name=setup.key_name,
                                        user_data=user_data, instance_profile=setup.instance_profile, tags=node_tags,
                                        token=token, volume_gb=ctx.settings.volume_gb, backoff=ctx.backoff)
 
@@ -227,14 +233,52 @@ class Launcher:
         ledger.open_item(store, run, "ipv4", f"{node}:ipv4", started_at=now, ends_by=expires,
                          usd_per_second=IPV4_USD_PER_HOUR / 3600.0, source="price:public-ipv4")
 
-    def wait_running(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+    def wait_running(self, ids: list[str], beat: float = 60.0) -> dict[str, dict[str, Any]]:
         def done(state: str | None) -> bool:
             if state in GONE_STATES:
                 raise ClusterUnreachable(f"an instance of the cluster went away while starting ({state or 'gone'})",
                                          hint="Spot capacity may have been reclaimed; run again to retry.")
             return state == "running"
 
-        return self.ctx.wait_for(ids, done, self.ctx.settings.launch_timeout)
+        return self.ctx.wait_for(ids, done, self.ctx.settings.launch_timeout,
+                                 on_poll=lambda found: self.check_boot(ids, found, beat))
+
+    def check_in(self, ids: list[str], beat: float) -> None:
+        """Heartbeat tag on the nodes at most every ``beat`` seconds, from the moment they exist."""
+        now = self.ctx.monotonic()
+        if self._last_beat is not None and now - self._last_beat < beat:
+            return
+        try:
+            self.ctx.backoff.call(lambda: self.ctx.ec2.create_tags(
+                Resources=ids, Tags=[{"Key": TAG_HEARTBEAT, "Value": iso(self.ctx.clock())}]))
+        except ClientError as exc:
+            if "NotFound" not in error_code(exc):
+                raise
+        self._last_beat = now
+
+    def check_boot(self, ids: list[str], found: dict[str, dict[str, Any]], beat: float) -> None:
+        """Fail fast when a node reports a failed bootstrap (its ``lhorch:boot`` tag) or is gone;
+        else check in for the nodes."""
+        for iid in ids:
+            inst = found.get(iid)
+            status = tags_of(inst).get(BOOT_TAG, "") if inst else ""
+            if status.startswith(BOOT_FAILED):
+                reason = status[len(BOOT_FAILED):].strip() or "no reason given"
+                raise CloudError(f"node {iid} failed to boot: {reason}",
+                                 hint="The node powered itself off. Its log is /var/log/lhorch-bootstrap.log (EC2 "
+                                      "console output: `aws ec2 get-console-output --instance-id " + iid + "`).")
+        gone = [i for i in ids if i not in found or found[i]["State"]["Name"] in GONE_STATES]
+        if gone:
+            raise ClusterUnreachable(f"node {gone[0]} went away while starting "
+                                     f"({found[gone[0]]['State']['Name'] if gone[0] in found else 'gone'})",
+                                     hint="Spot capacity may have been reclaimed, or its bootstrap powered it off; "
+                                          "run again to retry.")
+        self.check_in(ids, beat)
+
+    def poll_nodes(self, ids: list[str], beat: float) -> None:
+        found = {i["InstanceId"]: i for i in ec2ops.instances(
+            self.ctx.ec2, [{"Name": "instance-id", "Values": ids}], states=ec2ops.ALL_STATES)}
+        self.check_boot(ids, found, beat)
 
     def head_node(self, request: ClusterRequest, inst: dict[str, Any], token: SecretStr) -> HeadNode:
         name = cluster_name(request.run_id, request.group)
@@ -242,12 +286,14 @@ class Launcher:
                         private_ip=inst.get("PrivateIpAddress"), public_ip=inst.get("PublicIpAddress"), token=token,
                         key_path=security.key_path(self.ctx.store.home, name))
 
-    def connect(self, head: HeadNode) -> tuple[str, SecretStr]:
-        """Connect to the head until its Ray dashboard answers with the token, or ready_timeout."""
+    def connect(self, head: HeadNode, ids: list[str] | None = None, beat: float = 60.0) -> tuple[str, SecretStr]:
+        """Connect to the head until its Ray dashboard answers with the token, or ready_timeout; a
+        node that reports a failed bootstrap or is gone ends the wait at once."""
         ctx = self.ctx
         timeout = ctx.settings.ready_timeout
         deadline = ctx.monotonic() + timeout
         while True:
+            self.poll_nodes(ids or [head.instance_id], beat)
             try:
                 address, auth = self.connector.connect(head)
                 if self.probe(address, auth):

@@ -12,6 +12,7 @@ nodes; waiting for the head), ``auxiliary`` (token, security group, key pair, no
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -27,7 +28,8 @@ from lhorch.orchestrator.state.store import Store, utcnow
 from lhorch.providers.aws import ec2 as ec2ops
 from lhorch.providers.aws import health, records, security
 from lhorch.providers.aws.auxiliary import Auxiliary
-from lhorch.providers.aws.connect import HeadConnector, HeadNode, SsmPortForward, probe
+from lhorch.providers.aws.bootstrap import NODE_PYTHON
+from lhorch.providers.aws.connect import HeadConnector, HeadNode, make_connector, needs_ssh, probe
 from lhorch.providers.aws.context import AwsClients, AwsContext, aws_errors
 from lhorch.providers.aws.ec2 import (
     TAG_EXPIRES,
@@ -53,8 +55,9 @@ __all__ = ["AwsProvider", "AwsSettings", "aws_errors"]
 class AwsProvider:
     """See the module docstring. ``settings`` say how to launch; the rest is injected: the boto3
     ``session`` (standard boto3 settings: AWS_PROFILE, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL ...), the
-    store, time and sleeping, the caller's IP lookup, the head connector and readiness probe, and
-    the price fallback, so tests run against moto in seconds."""
+    store, time and sleeping, the caller's IP lookup (only a connector that needs SSH uses one), the
+    head connector (default: the one ``settings.connector`` names) and readiness probe, and the price
+    fallback, so tests run against moto in seconds."""
 
     name = "aws"
 
@@ -70,8 +73,8 @@ class AwsProvider:
         self.ctx = AwsContext(settings=self.settings, clients=AwsClients(session, region), store=store,
                               clock=clock, sleep=sleep, monotonic=monotonic,
                               backoff=backoff or Backoff(sleep=sleep, clock=monotonic), price_fallback=price_fallback)
-        self.connector: HeadConnector = connector or SsmPortForward()
-        self.auxiliary = Auxiliary(self.ctx, ip_lookup)
+        self.connector: HeadConnector = connector or make_connector(self.settings.connector)
+        self.auxiliary = Auxiliary(self.ctx, ip_lookup, ssh=needs_ssh(self.connector))
         self.teardown = Teardown(self.ctx, self.connector)
         self.launcher = Launcher(self.ctx, self.connector, probe)
 
@@ -171,7 +174,9 @@ class AwsProvider:
                 TAG_HOST: self.settings.host, TAG_INSTALL: self.store.install_id, "Name": name}
         aux, ctx = self.auxiliary, self.ctx
         # The cluster's own row first: what the pieces below belong to, and what it will cost.
-        records.record_intent(self.store, request.run_id, "cluster", name, details=ctx.row_details(request),
+        launch_id = self._launch_id(request.run_id, name)
+        records.record_intent(self.store, request.run_id, "cluster", name,
+                              details=ctx.row_details(request, launch_id=launch_id),
                               expires_at=expires, price_per_hour=request.offer.price_per_hour * request.nodes)
         bucket = aux.bucket()
         token = aux.token(request, tags)
@@ -179,7 +184,9 @@ class AwsProvider:
         group_id = aux.security_group(request, name, subnets[0]["vpc"], tags)
         key_name = aux.key_pair(request, name, tags)
         setup = NodeSetup(subnets=subnets, security_group=group_id, key_name=key_name,
-                          instance_profile=aux.node_role(request, tags), tags=tags, expires=expires, token=token)
+                          instance_profile=aux.node_role(request, tags), tags=tags, expires=expires, token=token,
+                          software=aux.software(), launch_id=launch_id,
+                          security_groups=tuple(self.settings.security_group_ids))
         started = self.launcher.start(request, setup)
 
         ids, running = started.instance_ids, started.running
@@ -189,14 +196,23 @@ class AwsProvider:
         artifacts = f"s3://{bucket}/{self.settings.prefix}"
         details = ctx.row_details(request, head=ids[0], security_group=group_id, key_name=key_name or "",
                                   instance_type=head["InstanceType"], market=market, artifacts=artifacts,
-                                  token_parameter=token_parameter(request.run_id, request.group))
+                                  token_parameter=token_parameter(request.run_id, request.group),
+                                  launch_id=launch_id)
         records.mark_created(self.store, "cluster", name, ids[0], price_per_hour=price, details=details)
         return Cluster(provider="aws", name=name, run_id=request.run_id, address=started.address,
                        token=started.token, remote=True, instance_ids=ids, price_per_hour=price,
                        launched_at=min(running[i]["LaunchTime"] for i in ids), expires_at=expires,
                        group=request.group, region=self.region, head_id=ids[0],
                        instance_types=sorted({running[i]["InstanceType"] for i in ids}), market=market,
-                       owner=request.owner, host=self.settings.host, artifacts_uri=artifacts)
+                       owner=request.owner, host=self.settings.host, artifacts_uri=artifacts, python=NODE_PYTHON)
+
+    def _launch_id(self, run_id: str, name: str) -> str:
+        """This acquisition's id (in its client tokens): the open cluster row's, while a crashed or
+        interrupted acquisition is being resumed, else a fresh one."""
+        for row in records.open_rows(self.store, run_id):
+            if row["kind"] == "cluster" and row["name"] == name and row["details"].get("launch_id"):
+                return str(row["details"]["launch_id"])
+        return secrets.token_hex(8)
 
     def lower_hard_stop(self, cluster: Cluster, when: datetime) -> None:
         """Move the nodes' hard stop earlier (see ``launch.lower_hard_stop``; budget, issue 16)."""

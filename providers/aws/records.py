@@ -36,7 +36,9 @@ def mark_released(store: Store, *, run_id: str, group: str | None = None, kind: 
     ids = [r["resource_id"] for r in cloud_resources.open_rows(store, PROVIDER, run_id)
            if r["kind"] == "instance" and r["resource_id"] and (group is None or r["details"].get("group") == group)
            and (kind is None or kind == "instance") and (name is None or r["name"] == name)]
-    ledger.close_resources(store, ids, at or utcnow())
+    # EC2's own termination time closed what it could (teardown); the rest ends now, or at its hard stop
+    # if that came first (the node powered itself off).
+    ledger.close_resources(store, ids, at or utcnow(), by_hard_stop=True)
     if kind in (None, "instance") and name is None:  # rows of a process killed before it learnt the ids
         ledger.close_unbound(store, run_id, cluster_name(run_id, group) if group else "", at or utcnow())
     cloud_resources.mark_released(store, PROVIDER, run_id=run_id, group=group, kind=kind, name=name)

@@ -27,6 +27,7 @@ from botocore.exceptions import ClientError
 
 from lhorch.orchestrator.core.errors import CloudError
 from lhorch.providers.aws.retry import error_code
+from lhorch.providers.aws.s3_meter import S3Meter
 
 MiB = 1024 * 1024
 MAX_PARTS = 10_000
@@ -103,6 +104,8 @@ class S3ArtifactStore:
         # the same name in another account is never written to or read from.
         self.client = OwnedBucket(client, owner) if owner else client
         self.part_size, self.threshold, self.workers = part_size, threshold, workers
+        self.meter = S3Meter()  # its requests and downloads, for the ledger (issue 16)
+        self.meter.attach(client)
 
     def key(self, key: str) -> str:
         key = key.lstrip("/")

@@ -138,17 +138,27 @@ def boundary_policy() -> dict[str, Any]:
          "Action": ["ssm:UpdateInstanceInformation", "ssmmessages:CreateControlChannel",
                     "ssmmessages:CreateDataChannel", "ssmmessages:OpenControlChannel",
                     "ssmmessages:OpenDataChannel"], "Resource": "*"},
+        {"Sid": "BootStatusTag", "Effect": "Allow", "Action": "ec2:CreateTags",
+         "Resource": "arn:aws:ec2:*:*:instance/*",
+         "Condition": {"ForAllValues:StringEquals": {"aws:TagKeys": ["lhorch:boot"]},
+                       "StringLike": {"aws:ResourceTag/lhorch:run-id": "*"}}},
     ]}
 
 
 def node_policy(region: str, account: str, bucket: str | None, prefix: str, run_id: str = "*",
                 group: str = "*") -> dict[str, Any]:
     """One cluster's nodes: read its own token and secrets parameters (``/lhorch/<run>/<group>/``),
-    use SSM port forwarding, read artifacts under ``<bucket>/<prefix>/`` and write only under its own
-    run's ``<prefix>/runs/<run>/``."""
+    use SSM port forwarding, report boot progress in the ``lhorch:boot`` tag of its own cluster's
+    instances (that tag alone), read artifacts under ``<bucket>/<prefix>/`` (lhorch's wheel among
+    them) and write only under its own run's ``<prefix>/runs/<run>/``."""
     params = f"arn:aws:ssm:{region}:{account}:parameter{cluster_path(run_id, group)}/*"
     statements: list[dict[str, Any]] = [
         {"Sid": "OwnClusterParameters", "Effect": "Allow", "Action": ["ssm:GetParameter"], "Resource": params},
+        {"Sid": "BootStatusTag", "Effect": "Allow", "Action": ["ec2:CreateTags"],
+         "Resource": f"arn:aws:ec2:{region}:{account}:instance/*",
+         "Condition": {"ForAllValues:StringEquals": {"aws:TagKeys": ["lhorch:boot"]},
+                       "StringEquals": {"aws:ResourceTag/lhorch:run-id": run_id,
+                                        "aws:ResourceTag/lhorch:group": group}}},
         {"Sid": "SsmSessions", "Effect": "Allow",
          "Action": ["ssm:UpdateInstanceInformation", "ssmmessages:CreateControlChannel",
                     "ssmmessages:CreateDataChannel", "ssmmessages:OpenControlChannel",

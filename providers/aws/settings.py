@@ -7,7 +7,7 @@ separately; settings are plain data, validated once, so a test or the CLI builds
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -23,6 +23,10 @@ class AwsSettings(BaseModel):
     max_instances: int = Field(64, ge=1, description="Most instances one cluster may have.")
     ami: str | None = Field(None, description="Image id for every node; None: the latest Amazon Linux 2023.")
     subnet_ids: list[str] | None = Field(None, description="Subnets to launch in; None: the default VPC's.")
+    security_group_ids: list[str] = Field(
+        default_factory=list, description="The user's own groups, attached besides the cluster's (e.g. VPN access).")
+    connector: Literal["ssm", "direct"] = Field(
+        "ssm", description="How lhorch reaches the head: ssm port forward, or direct to its private address.")
     instance_profile: str | None = Field(None, description="Existing instance profile for the nodes.")
     create_instance_profile: bool = Field(True, description="Create a node role scoped to bucket/prefix.")
     host: str = Field(default_factory=socket.gethostname, description="This machine, tagged on what it starts.")
@@ -33,8 +37,8 @@ class AwsSettings(BaseModel):
     release_timeout: float = Field(600, gt=0, description="Seconds for instances to terminate.")
     poll_interval: float = Field(5.0, gt=0, description="Seconds between polls while waiting.")
     versions: dict[str, str] | None = Field(
-        None, description="python/ray/lhorch versions the nodes install; None: this machine's.")
-    lhorch_requirement: str | None = Field(None, description="pip requirement for lhorch on the nodes.")
+        None, description="Python version and package pins for the nodes ({'python': '3.11', 'ray': '2.60.0'}: "
+                          "only those); None: this machine's Python and every dependency of lhorch as installed here.")
 
     @field_validator("prefix")
     @classmethod
@@ -47,6 +51,7 @@ class AwsSettings(BaseModel):
         values: dict[str, Any] = {
             "region": cloud.region, "bucket": cloud.bucket, "prefix": cloud.prefix, "spot": cloud.spot,
             "instance_types": cloud.instance_types or None, "max_instances": cloud.max_instances,
-            "max_hours": cloud.max_hours,
+            "max_hours": cloud.max_hours, "connector": cloud.connector, "ami": cloud.ami,
+            "subnet_ids": cloud.subnet_ids or None, "security_group_ids": cloud.security_group_ids,
         }
         return cls(**{**values, **overrides})

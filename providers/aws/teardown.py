@@ -10,13 +10,15 @@ raised together at the end, so one stuck resource never hides the others.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from lhorch.orchestrator.core.errors import CloudError
+from lhorch.orchestrator.state import ledger
 from lhorch.providers.aws import ec2 as ec2ops
 from lhorch.providers.aws import records, security
 from lhorch.providers.aws.connect import HeadConnector, HeadNode
@@ -53,9 +55,19 @@ class Teardown:
         errors: list[str] = []
         if head is not None:
             self.connector.close(head)
-        ids = sorted({i["InstanceId"] for i in ec2ops.cluster_instances(ec2, run_id, group)} | set(extra_ids))
+        # The store knows the ids of instances it saw launched: when EC2 cannot be asked (throttled), those
+        # still go, and the rest of the cluster with them.
+        known = {r["resource_id"] for r in records.open_rows(self.ctx.store, run_id)
+                 if r["kind"] == "instance" and r["resource_id"] and r["details"].get("group") == group}
+        try:
+            known |= {i["InstanceId"] for i in ec2ops.cluster_instances(ec2, run_id, group)}
+        except (ClientError, BotoCoreError) as exc:
+            errors.append(f"listing the instances: {exc}")
+        ids = sorted(known | set(extra_ids))
         if ids and (error := self._terminate(ids)):
             errors.append(f"instances {ids}: {error}")
+        elif ids:
+            self._close_billing(ids)
         for sg in ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [name]}])["SecurityGroups"]:
             if not self._delete_group(sg["GroupId"]):
                 errors.append(f"security group {sg['GroupId']} still in use")
@@ -81,7 +93,7 @@ class Teardown:
         if errors:
             raise CloudError(f"could not release all of {name}: " + "; ".join(errors),
                              hint="Run `lhorch gc` to retry; `lhorch clusters` shows what is still up.")
-        records.mark_released(self.ctx.store, run_id=run_id, group=group)
+        records.mark_released(self.ctx.store, run_id=run_id, group=group, at=self.ctx.clock())
 
     def ours(self, tags: dict[str, str], all_installs: bool = False) -> bool:
         """Made by this installation of lhorch (its install id tag); anything without one is not."""
@@ -122,6 +134,8 @@ class Teardown:
         ids = [d.resource_id for d in found if d.kind == "instance"]
         if ids and (error := self._terminate(ids)):
             errors.append(f"instances: {error}")
+        elif ids:
+            self._close_billing(ids)
         for d in found:
             try:
                 if d.kind == "security group" and not self._delete_group(d.resource_id):
@@ -137,7 +151,7 @@ class Teardown:
                     errors.append(f"{d.kind} {d.resource_id}: {exc}")
         for run in sorted({d.run_id for d in found}):
             if run not in live_runs:
-                records.mark_released(self.ctx.store, run_id=run)
+                records.mark_released(self.ctx.store, run_id=run, at=self.ctx.clock())
         if errors:
             raise CloudError("lhorch gc could not delete everything: " + "; ".join(errors),
                              hint="Run `lhorch gc` again in a few minutes.")
@@ -186,6 +200,18 @@ class Teardown:
             return str(exc)
         return None
 
+    def _close_billing(self, ids: list[str]) -> None:
+        """Close the ledger rows of terminated instances at EC2's own termination time (issue 16), not
+        at this call's: ``lhorch gc`` may run long after. Rows EC2 gives no time for are closed by
+        ``records.mark_released`` at now."""
+        try:
+            reservations = self.ctx.ec2.describe_instances(InstanceIds=ids)["Reservations"]
+        except ClientError:
+            return
+        for inst in (i for r in reservations for i in r["Instances"]):
+            if (ended := terminated_at(inst)) is not None:
+                ledger.close_resources(self.ctx.store, [inst["InstanceId"]], ended)
+
     def _delete_group(self, group_id: str) -> bool:
         """Retry while the group is still attached to terminating instances (bounded)."""
         deadline = self.ctx.monotonic() + self.ctx.settings.release_timeout
@@ -194,3 +220,15 @@ class Teardown:
                 return False
             self.ctx.sleep(self.ctx.settings.poll_interval)
         return True
+
+
+_USER_INITIATED = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)")
+
+
+def terminated_at(instance: dict) -> datetime | None:
+    """When EC2 says the instance was terminated: its StateTransitionReason reads
+    "User initiated (2026-11-24 05:10:00 GMT)". None when it gives no time."""
+    if instance.get("State", {}).get("Name") not in ("shutting-down", "terminated"):
+        return None
+    found = _USER_INITIATED.search(instance.get("StateTransitionReason") or "")
+    return datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc) if found else None
