@@ -187,8 +187,20 @@ def test_laptop_gone_the_node_terminates_itself(cloudbox, tmp_path):
     took = time.monotonic() - killed
     assert took >= idle_s - 15, took  # it was the idle clock, not something else
     assert "no check-in from lhorch" in (node.dir / "fs" / "log" / "lhorch-watchdog.log").read_text()
+    run_id = proc.stdout.read().split()[1]  # "Run <id>" comes first
+    before = json.loads(lhorch(cloudbox, home, "cost", run_id, "--json").stdout)["run"]
+    assert before["open_usd"] > 0  # nobody closed the node's row: counted at its worst case meanwhile
     gc = lhorch(cloudbox, home, "gc", "--yes")  # the security group, role and token the dead laptop left
     assert gc.returncode == 0, gc.stderr
+    # Issue 16: the ledger has the node's whole lifetime, launch to EC2's termination, at its launched price.
+    (inst,) = instances(cloudbox, run_id, states=("terminated",))
+    tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
+    report = json.loads(lhorch(cloudbox, home, "cost", run_id, "--json").stdout)["run"]
+    assert report["status"] == "interrupted" and report["open_usd"] == 0, report
+    (row,) = [r for r in report["items"] if r["kind"] == "instance"]
+    assert row["state"] == "closed" and row["usd_per_hour"] == pytest.approx(float(tags["lhorch:price-per-hour"]))
+    up_to_gc = time.time() - inst["LaunchTime"].timestamp()
+    assert idle_s <= row["quantity"] <= up_to_gc + 1, (row, up_to_gc)
 
 
 def _stage_log(home: Path) -> str:
