@@ -255,7 +255,7 @@ def test_ctrl_c_during_boot_or_stage_leaves_nothing(cloudbox, tmp_path, when):
         assert "ready" not in node.boot_steps()  # it really was cut off while booting
 
 
-def test_spot_interruption_mid_stage_retries_on_a_fresh_node(cloudbox, tmp_path):
+def test_spot_interruption_mid_stage_retries_on_a_fresh_node_from_its_checkpoint(cloudbox, tmp_path):
     known = set(cloudbox.nodes)
     proc, home = _start(cloudbox, tmp_path, f"""\
         name: box-spot
@@ -264,13 +264,17 @@ def test_spot_interruption_mid_stage_retries_on_a_fresh_node(cloudbox, tmp_path)
           train:
             placement: cloud
             retries: 1
+            hints: {{checkpoint_minutes: 0.02}}
             run: |
               echo "attempt $LHORCH_ATTEMPT on $(hostname -I)"
-              if [ "$LHORCH_ATTEMPT" = 1 ]; then sleep 600; fi
+              ckpt=$LHORCH_OUTPUT_DIR/checkpoints
+              echo "resuming from $(cat $ckpt/latest 2>/dev/null || echo nothing)"
+              if [ "$LHORCH_ATTEMPT" = 1 ]; then mkdir -p $ckpt && echo step-7 > $ckpt/latest && sleep 600; fi
         """)
     try:
         first = _new_node(cloudbox, known, "ready", 180)
         assert cloudbox.wait(lambda: "attempt 1" in _stage_log(home), 90), "the cloud stage never started"
+        assert cloudbox.wait(lambda: "checkpoints sent" in _stage_log(home), 60), "no checkpoint left the node"
         cloudbox.interrupt(first.instance_id)  # the spot market takes the node back
         out, _ = proc.communicate(timeout=240)
     finally:
@@ -280,6 +284,7 @@ def test_spot_interruption_mid_stage_retries_on_a_fresh_node(cloudbox, tmp_path)
     (second,) = [n for iid, n in cloudbox.nodes.items() if iid not in known | {first.instance_id}]
     logs = "".join(p.read_text() for p in sorted(home.glob("runs/*/stages/train/attempt-*.log")))
     assert "attempt 2 on " + second.private_ip in logs, logs
+    assert "resuming from step-7" in logs, logs  # the retry continues from the lost node's checkpoint
     (inst,) = [i for r in cloudbox.ec2.describe_instances(InstanceIds=[second.instance_id])["Reservations"]
                for i in r["Instances"]]
     assert leftovers(cloudbox, {t["Key"]: t["Value"] for t in inst["Tags"]}["lhorch:run-id"]) == NOTHING

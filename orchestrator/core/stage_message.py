@@ -35,6 +35,9 @@ class RemoteArtifacts(BaseModel):
         description="Input name → URI in the artifact store (s3://… or file://…), uploaded by the runner.")
     output_uri: str = Field(
         ..., description="Folder URI the node sends the stage's outputs to, and a retry fetches checkpoints from.")
+    checkpoint_seconds: float = Field(
+        600.0, gt=0, description="How often the node sends new step checkpoints while the stage runs (the stage's "
+        "hints.checkpoint_minutes): what a lost node costs the retry at most.")
 
 
 class StageMessage(BaseModel):

@@ -45,7 +45,8 @@ def cloud_providers(store: Store, pipeline: Pipeline) -> dict[str, Provider]:
 
 def plan_run(store: Store, pipeline: Pipeline, policy: str | None = None, *,
              allow_cloud: bool = True) -> tuple[Plan, Profile]:
-    profile = get_profile(store)
+    # No 0.1 s CPU sample: a plan never reads the profile's "load now" percentage (as `lhorch plan`).
+    profile = get_profile(store, cpu_interval=0.0)
     observations, output_gb = history_observations(store, pipeline, profile)
     offers = None if allow_cloud else [local_offer(profile, pipeline.policy.electricity_usd_per_hour)]
     plan = make_plan(pipeline, profile, offers=offers, observations=observations, policy=policy,

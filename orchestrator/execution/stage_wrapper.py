@@ -105,6 +105,43 @@ def _send_outputs(remote: RemoteArtifacts, out_dir: Path) -> None:
     _store(remote.output_uri).put(out_dir, remote.output_uri)
 
 
+class _CheckpointSync:
+    """On a remote node, sends the stage's step checkpoints (``checkpoints/`` in its outputs) to the
+    artifact store whenever they changed, every ``every`` seconds while the stage runs (the stage's
+    ``hints.checkpoint_minutes``, as often as it says it checkpoints): a node that
+    vanishes (a spot interruption) cannot send them at the end, and its retry on a fresh node resumes
+    from the last ones sent (``_fetch_checkpoints``) rather than from the start."""
+
+    def __init__(self, remote: RemoteArtifacts, out_dir: Path, every: float):
+        self.uri = remote.output_uri + "checkpoints/"
+        self.folder, self.every = out_dir / "checkpoints", every
+        self._sent: tuple = ()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="lhorch-checkpoint-sync", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=60)  # a send under way finishes; the end of the attempt sends the rest
+
+    def _snapshot(self) -> tuple:
+        files = (p for p in self.folder.rglob("*") if p.is_file()) if self.folder.is_dir() else ()
+        return tuple(sorted((str(p.relative_to(self.folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+
+    def _loop(self) -> None:
+        while not self._done.wait(self.every):
+            try:
+                snapshot = self._snapshot()
+                if snapshot and snapshot != self._sent:
+                    _store(self.uri).put(self.folder, self.uri)
+                    self._sent = snapshot
+                    print(f"[lhorch] checkpoints sent ({len(snapshot)} files)", flush=True)
+            except Exception as exc:  # noqa: BLE001 - the next round tries again; the stage goes on
+                print(f"[lhorch] could not send checkpoints ({type(exc).__name__}: {exc})", flush=True)
+
+
 def _wait(child: subprocess.Popen, timeout: float | None, owner: int) -> int:
     """The stage's exit code; EXIT_TIMEOUT after ending it when it ran past ``timeout``. It is ended too
     when the lhorch process that launched it (``owner``, on this machine) or the wrapper's parent is gone."""
@@ -177,7 +214,13 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, _forward)
     signal.signal(signal.SIGINT, _forward)
+    sync = None
+    if message.remote is not None:
+        sync = _CheckpointSync(message.remote, out_dir, message.remote.checkpoint_seconds)
+        sync.start()
     code = _wait(child, message.timeout, owner)
+    if sync is not None:
+        sync.stop()
     # Whatever the stage left running (a `tee`, a daemon it started) ends with the attempt.
     process_group.end_others(grace=2.0)
     if pump is not None:

@@ -54,7 +54,8 @@ def send_inputs(store: Store, pipeline: Pipeline, run_id: str, run_dir: Path, ba
             finally:  # its requests, paid for even when the upload fails (issue 16)
                 ledger.record_items(store, run_id, stage, transfer.cost_items())
         uris[ref.name] = uri
-    return RemoteArtifacts(inputs=uris, output_uri=outputs_uri(cluster, run_id, stage))
+    return RemoteArtifacts(inputs=uris, output_uri=outputs_uri(cluster, run_id, stage),
+                           checkpoint_seconds=pipeline.stages[stage].hints.checkpoint_minutes * 60)
 
 
 def fetch_outputs(store: Store, run_id: str, stage: str, cluster: Cluster, out_dir: Path) -> None:

@@ -15,6 +15,7 @@ import base64
 import logging
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -85,6 +86,8 @@ class Box:
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         atexit.register(self.close)
+        for ns in net.box_namespaces():  # a box killed before its close (SIGKILL) left them
+            net.kill_netns(ns)
         net.add_endpoint_address(ENDPOINT_ADDRESS)
         self._server = ThreadedMotoServer(ip_address=ENDPOINT_ADDRESS, port=0, verbose=False)
         self._server.start()
@@ -206,7 +209,8 @@ class Box:
         hidden = hidden_lhorch_files()
         node.process = subprocess.Popen(
             ["ip", "netns", "exec", ns, "unshare", "--mount", "--uts", "--pid", "--fork", "--mount-proc",
-             "--propagation", "private", "bash", str(self.image / "boot.sh"), str(node.dir), hidden[0] if hidden else ""],
+             "--propagation", "private", "bash", str(self.image / "boot.sh"), str(node.dir), hidden[0] if hidden else "",
+             sys.prefix],
             stdin=subprocess.DEVNULL, stdout=open(node.dir / "box.log", "ab"), stderr=subprocess.STDOUT,
             start_new_session=True)
         node.events.append(f"booted {time.time():.3f}")

@@ -53,7 +53,8 @@ done
 """
 
 BOOT = r"""#!/bin/bash
-# box: PID 1 of a node. $1: the node's folder on the host, $2: the editable-install file to hide.
+# box: PID 1 of a node. $1: the node's folder on the host, $2: the editable-install file to hide,
+# $3: the image's Python environment (this host's sys.prefix).
 set -eu
 NODE=$1
 hostname "ip-$(cat "$NODE/private-ip" | tr . -)"  # as EC2 names its instances
@@ -68,7 +69,9 @@ chmod 1777 "$NODE/fs/tmp"
 mount --bind "$NODE/fs/log" /var/log
 if [ -n "${2:-}" ] && [ -e "$2" ]; then mount --bind /dev/null "$2"; fi
 cp "$NODE/user-data" /var/log/.user-data && chmod 700 /var/log/.user-data
-mount --bind "$NODE/fs/tmp" /tmp
+# A Python environment made under /tmp (a venv there) is part of the image: it stays visible.
+case "${3:-}" in /tmp/*) mkdir -p "$NODE/fs$3" && mount --rbind "$3" "$NODE/fs$3";; esac
+mount --rbind "$NODE/fs/tmp" /tmp
 set +e
 # cloud-init's part: run the user data as root, with the image's environment.
 mapfile -t ENVIRONMENT < "$NODE/environment"
