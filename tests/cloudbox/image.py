@@ -112,6 +112,10 @@ def write_image(root: Path, endpoint: str) -> Path:
         # Ray's own telemetry would try the internet.
         "RAY_USAGE_STATS_ENABLED": "0",
     }
+    if sys.prefix != sys.base_prefix:
+        # This host's Python is a venv: the image's Python stack is that venv's packages (a venv made from
+        # its interpreter, as the node's is, would otherwise see only the base interpreter's).
+        env["PYTHONPATH"] = os.pathsep.join(site.getsitepackages())
     env.update({k: v for k, v in os.environ.items() if k.startswith("PIP_")})
     # The box has no route to the internet: this host's local package indexes (its pip.conf's extra
     # indexes) are the node's only ones, as a package mirror in a private VPC would be.
