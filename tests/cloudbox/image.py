@@ -70,8 +70,10 @@ mount --bind "$NODE/fs/log" /var/log
 if [ -n "${2:-}" ] && [ -e "$2" ]; then mount --bind /dev/null "$2"; fi
 cp "$NODE/user-data" /var/log/.user-data && chmod 700 /var/log/.user-data
 # A Python environment made under /tmp (a venv there) is part of the image: it stays visible.
-case "${3:-}" in /tmp/*) mkdir -p "$NODE/fs$3" && mount --rbind "$3" "$NODE/fs$3";; esac
-mount --rbind "$NODE/fs/tmp" /tmp
+case "${3:-}" in
+  /tmp/*) mkdir -p "$NODE/fs$3" && mount --rbind "$3" "$NODE/fs$3" && mount --rbind "$NODE/fs/tmp" /tmp;;
+  *) mount --bind "$NODE/fs/tmp" /tmp;;
+esac
 set +e
 # cloud-init's part: run the user data as root, with the image's environment.
 mapfile -t ENVIRONMENT < "$NODE/environment"
