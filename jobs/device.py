@@ -1,8 +1,9 @@
 """Which accelerator a job uses and how much of the machine it may take.
 
 The runner describes the stage's reservation in ``LHORCH_RESOURCES`` (JSON of the stage's Resources:
-cpus, gpus, memory_gb, ...). A job sizes its threads and Ray Train workers from it, so that it does not
-use more cores than the scheduler gave it; standalone, the reservation is read from the machine.
+nodes, and per node cpus, gpus, memory_gb, ...). A job sizes its threads and Ray Train workers from it,
+so that it does not use more cores than the scheduler gave it; standalone, the reservation is read from
+the machine (one node).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import torch
 
 @dataclass(frozen=True)
 class StageResources:
-    cpus: float
-    gpus: int
+    cpus: float  # per node
+    gpus: int  # per node
     memory_gb: float | None = None
+    nodes: int = 1
 
 
 def stage_resources(environ: dict[str, str] | None = None) -> StageResources:
@@ -27,7 +29,7 @@ def stage_resources(environ: dict[str, str] | None = None) -> StageResources:
     if raw:
         data = json.loads(raw)
         return StageResources(cpus=float(data.get("cpus", 1.0)), gpus=int(data.get("gpus", 0)),
-                              memory_gb=data.get("memory_gb"))
+                              memory_gb=data.get("memory_gb"), nodes=max(1, int(data.get("nodes", 1))))
     return StageResources(cpus=float(os.cpu_count() or 1), gpus=torch.cuda.device_count())
 
 

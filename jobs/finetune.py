@@ -10,6 +10,15 @@ its start-up (a controller, a placement group and a worker group: 30-55 s on a b
 `engine: ray` always uses Ray Train, `engine: torch` never. Under Ray Train, run by lhorch, the job is a
 Ray Jobs driver (RAY_ADDRESS is set) and attaches to that cluster; run by hand it starts a private
 local Ray and stops it afterwards.
+
+Several nodes (issue 14): `num_workers` counts workers over all of the stage's `resources.nodes`, a
+multiple of it, so each node runs num_workers / nodes of them; each worker gets an equal share of its
+node's `resources.cpus` (and one GPU when the stage has GPUs). With more than one node the workers'
+placement group is SPREAD, so they land on different nodes rather than packed onto the head. Each
+worker's node (address and Ray node id) is in run.json's `workers`, and the stage's summary counts the
+distinct nodes. `batch_size` is per worker: two workers at batch_size 32 take the same optimizer steps
+on the same samples as one worker at 64 (the ranks deal one seeded permutation out round-robin and DDP
+averages their gradients), which is what tests/test_multinode.py checks.
 Outputs: `model` (model.pt), `history` (history.json per epoch, run.json), and `checkpoints/`.
 """
 
@@ -58,13 +67,14 @@ def _trim_ray_train() -> None:
     os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
 
 
-def _fit_with_ray(cfg: dict, p: FinetuneParams, out: Path, cpus: float, use_gpu: bool) -> dict:
+def _fit_with_ray(cfg: dict, p: FinetuneParams, out: Path, cpus: float, use_gpu: bool, nodes: int = 1) -> dict:
     t_import = time.time()
     import ray  # deferred: Ray takes seconds to import, and the in-process engine runs without it
     from ray.train import RunConfig, ScalingConfig  # deferred, as above
     from ray.train.torch import TorchTrainer  # deferred, as above
 
-    cpus_per_worker = max(1, int(cpus // p.num_workers))
+    # ``cpus`` is per node: the node's workers share it.
+    cpus_per_worker = max(1, int(cpus // p.workers_per_node(nodes)))
     cfg = {**cfg, "threads": cpus_per_worker}
     _trim_ray_train()
     started_here = False
@@ -88,6 +98,8 @@ def _fit_with_ray(cfg: dict, p: FinetuneParams, out: Path, cpus: float, use_gpu:
             scaling_config=ScalingConfig(
                 num_workers=p.num_workers, use_gpu=use_gpu,
                 resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+                # PACK (the default) would fill the head first; a multi-node stage paid for every node.
+                placement_strategy="SPREAD" if nodes > 1 else "PACK",
             ),
             run_config=RunConfig(storage_path=str((out / "ray_train").resolve()), name="finetune"),
         )
@@ -124,7 +136,7 @@ def run(params: FinetuneParams | dict | None, ctx: StageContext) -> dict:
     if engine == "torch":
         info = train_worker(cfg, LocalSession(torch.device("cpu") if reserved and not use_gpu else None))
     else:
-        info = _fit_with_ray(cfg, p, out, res.cpus, use_gpu)
+        info = _fit_with_ray(cfg, p, out, res.cpus, use_gpu, res.nodes)
     wall = time.perf_counter() - start
     history = json.loads((out / "history" / "history.json").read_text())
     timed = history[1:] or history  # the first epoch pays for warm-up (allocations, thread pools)
@@ -135,6 +147,7 @@ def run(params: FinetuneParams | dict | None, ctx: StageContext) -> dict:
         "steps": info["steps"], "stopped_early": info["stopped_early"], "epochs_done": len(history),
         "val_acc": history[-1]["val_acc"] if history else None,
         "train_samples_per_s": samples / seconds if seconds else None, "wall_s": wall,
+        "nodes": len({w.get("node_id") or w.get("ip") for w in info.get("workers", [])}) or 1,
         **({"ray_overhead_s": info["ray_overhead_s"]} if "ray_overhead_s" in info else {}),
     }
 

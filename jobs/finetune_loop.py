@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import tempfile
 import time
 from contextlib import nullcontext
@@ -38,6 +39,9 @@ class LocalSession:
     def __init__(self, device: torch.device | None = None) -> None:
         self.device = device or pick_device()
 
+    def node(self) -> dict:
+        return {"rank": 0, "ip": "127.0.0.1", "node_id": None, "host": socket.gethostname()}
+
     def prepare(self, model, freeze: bool):
         return model.to(self.device)
 
@@ -56,6 +60,13 @@ class RaySession:
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
+
+    def node(self) -> dict:
+        """Where this worker runs, so a multi-node run can show that its workers used different nodes."""
+        import ray  # see __init__
+
+        return {"rank": self.rank, "ip": ray.util.get_node_ip_address(),
+                "node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
 
     def prepare(self, model, freeze: bool):
         import ray.train.torch  # see __init__
@@ -139,6 +150,7 @@ def train_worker(cfg: dict, session=None) -> dict:
     ckdir = out / "checkpoints"
     step, start_epoch, skip, history, running = 0, 0, 0, [], None
     state = latest_checkpoint(ckdir, fp) if cfg.get("resume", True) and session.rank == 0 else None
+    workers = [session.node()]
     if session.world > 1:
         # Only rank 0's node is sure to have the checkpoint folder; every rank must resume from the same state.
         import torch.distributed as dist  # deferred: only multi-worker runs use it
@@ -146,6 +158,9 @@ def train_worker(cfg: dict, session=None) -> dict:
         box = [state]
         dist.broadcast_object_list(box, src=0)
         state = box[0]
+        gathered: list = [None] * session.world
+        dist.all_gather_object(gathered, workers[0])  # rank 0 records where every worker ran
+        workers = gathered
     if state:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -205,7 +220,14 @@ def train_worker(cfg: dict, session=None) -> dict:
         if stopped:
             break
         v = evaluate(model, *val)
-        seen = stats["seen"] * session.world  # every worker saw as many samples
+        if session.world > 1:
+            # Each worker saw its own share of the epoch: the history's loss and accuracy are over all of them.
+            import torch.distributed as dist  # deferred: only multi-worker runs use it
+
+            totals = torch.tensor([stats["loss"], stats["correct"], stats["seen"]], dtype=torch.float64, device=device)
+            dist.all_reduce(totals)
+            stats = {**stats, "loss": float(totals[0]), "correct": int(totals[1]), "seen": int(totals[2])}
+        seen = stats["seen"]
         history.append({"epoch": epoch + 1, "train_loss": stats["loss"] / max(stats["seen"], 1),
                         "train_acc": stats["correct"] / max(stats["seen"], 1),
                         "val_loss": v["loss"], "val_acc": v["acc"],
@@ -218,7 +240,7 @@ def train_worker(cfg: dict, session=None) -> dict:
         _save_checkpoint(ckdir, snapshot(p.epochs, 0, None), p.keep_checkpoints)
     result = {"steps": step, "stopped_early": stopped, "history": history, "world": session.world,
               "device": str(device), "autocast": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
-              "entered_at": entered}
+              "entered_at": entered, "workers": workers}
     if session.rank == 0:
         model_dir = out / "model"
         save_model(model_dir / MODEL_FILE, model, config, task="finetune", steps=step, complete=not stopped,

@@ -31,6 +31,17 @@ class JobInfo:
             return False
         return bool(getattr(self.params.model_validate(with_ or {}), "distributed", True))
 
+    def nodes_problem(self, with_: dict, nodes: int, cpus: float, gpus: int) -> tuple[str, str] | None:
+        """(field under the stage, why) when a stage with these parameters cannot span ``nodes`` machines
+        of ``cpus`` and ``gpus`` each; None when it can. A job that trains in one process uses one node."""
+        if nodes == 1:
+            return None
+        check = getattr(self.params.model_validate(with_ or {}), "nodes_problem", None)
+        if check is None:
+            return "resources.nodes", f"{self.name} runs in one process on one node; leave resources.nodes at 1"
+        found = check(nodes, cpus, gpus)
+        return None if found is None else (f"with.{found[0]}", found[1])
+
     @property
     def module(self) -> str:
         """The Python module that runs it: `uses: jobs.X` names lhorch's installed `lhorch.jobs.X`."""

@@ -106,7 +106,11 @@ class FinetuneParams(_Training):
         description="Stop after this many optimizer steps (smoke runs, or to simulate an interruption); a later run "
         "in the same output folder resumes from the last checkpoint.",
     )
-    num_workers: int = Field(1, ge=1, le=256, description="Data-parallel Ray Train workers.")
+    num_workers: int = Field(
+        1, ge=1, le=256,
+        description="Data-parallel Ray Train workers in all, spread evenly over the stage's resources.nodes (a "
+                    "multiple of it); each worker gets an equal share of its node's CPUs (and one GPU when the stage "
+                    "has GPUs). batch_size is per worker: the global batch is batch_size x num_workers.")
     engine: Engine = Field(
         "auto", description="auto: the in-process loop for one worker, Ray Train for more; "
         "ray: Ray Train TorchTrainer always (scales to num_workers, on a laptop or a cluster); "
@@ -133,6 +137,29 @@ class FinetuneParams(_Training):
         """True when the job starts Ray Train workers (jobs/index.py: the runner then reserves no CPU for
         its driver)."""
         return self.resolved_engine == "ray"
+
+    def workers_per_node(self, nodes: int) -> int:
+        """`num_workers` is the total over the stage's `resources.nodes`, spread evenly (issue 14)."""
+        return -(-self.num_workers // max(nodes, 1))
+
+    def nodes_problem(self, nodes: int, cpus: float, gpus: int) -> tuple[str, str] | None:
+        """(field, why) when these parameters cannot use ``nodes`` machines of ``cpus`` and ``gpus`` each."""
+        if nodes == 1:
+            return None
+        if self.num_workers < nodes:
+            return "num_workers", (f"{self.num_workers} worker(s) cannot span {nodes} nodes: a node would have none; "
+                                   f"use num_workers {nodes} or a multiple of it")
+        if self.resolved_engine != "ray":
+            return "engine", "engine torch trains in one process on one node; use engine ray or auto"
+        if self.num_workers % nodes:
+            return "num_workers", (f"{self.num_workers} workers do not split evenly over {nodes} nodes; "
+                                   "use a multiple of resources.nodes")
+        per = self.workers_per_node(nodes)
+        if cpus < per:
+            return "num_workers", (f"{per} workers per node need a CPU each, resources.cpus gives {cpus:g} per node")
+        if gpus and gpus < per:
+            return "num_workers", (f"{per} workers per node need a GPU each, resources.gpus gives {gpus} per node")
+        return None
 
 
 class DistillParams(_Training):

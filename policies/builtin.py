@@ -151,6 +151,7 @@ def _build_plan(policy: ObjectivePolicy, pb: Problem, a: list[int], out: Outcome
             instance_type=offer.instance_type,
             market=offer.market,
             group=groups[out.group[i]] if out.group[i] >= 0 else None,
+            nodes=1 if offer.is_local else pb.nodes[i],
             est_seconds=pb.run[i][o],
             est_cost_usd=round(out.stage_cost[i], 6),
             reason=why,

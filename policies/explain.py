@@ -137,12 +137,15 @@ def reason(pb: Problem, a: list[int], i: int, out: Outcome, alts: list[tuple[Alt
     if offer.is_local:
         parts.append(f"local takes {format_duration(t)}")
     else:
-        parts.append(f"{offer.instance_type} {offer.market} at {money(offer.price_per_hour)}/h takes "
+        n = pb.nodes[i]
+        nodes = f"{n} x " if n > 1 else ""
+        each = " each" if n > 1 else ""
+        parts.append(f"{nodes}{offer.instance_type} {offer.market} at {money(offer.price_per_hour)}/h{each} takes "
                      f"{format_duration(t)}")
         if group_size > 1:
             parts.append(f"shares its cluster with {group_size - 1} other stage(s): one start-up")
         else:
-            parts.append(f"own cluster, {format_duration(offer.startup_seconds)} start-up")
+            parts.append(f"own cluster, {format_duration(pb.startup_of(i, o))} start-up")
         if offer.market == "spot" and offer.interruption_rate_per_hour:
             parts.append(f"interruptions priced in (~{offer.interruption_rate_per_hour * 100:.1f}%/h, "
                          f"checkpoint every {stage.hints.checkpoint_minutes:g} min)")

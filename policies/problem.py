@@ -15,6 +15,10 @@ optimum) uses, so a policy is only as good as its search, never judged on a diff
   Roughly: intervals that ended before a stage's data was ready are forgotten.
 - Finish time is the DAG's critical path under these rules; cost is cloud billing, transfer out and
   the local machine's electricity while it runs stages.
+- Nodes (issue 14): a stage with ``resources.nodes`` N > 1 gets a cluster of N nodes of its offer,
+  billed N times, whose start-up is the slowest node's (lhorch.orchestrator.core.nodes); its run
+  time (the estimator's) has the data-parallel speed-up in it. A stage joins a predecessor's
+  cluster only when both span the same number of nodes: no cluster is resized mid-run.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lhorch.orchestrator.core.graph import topological_order
+from lhorch.orchestrator.core.nodes import cluster_startup_seconds
 from lhorch.orchestrator.core.plan import Offer
 from lhorch.orchestrator.core.spec import Pipeline
 from lhorch.policies.base import StageEstimates
@@ -78,6 +83,7 @@ class Problem:
         self.s3_s = [est.cloud_copy_seconds(g) for g in self.out_gb]
         self.cpus = [min(s.resources.cpus, self.cap_cpus) for s in stages]
         self.gpus = [float(s.resources.gpus) for s in stages]
+        self.nodes = [s.resources.nodes for s in stages]
 
         # Which offers each stage may use, and its run time there.
         self.run: list[dict[int, float]] = []
@@ -120,8 +126,10 @@ class Problem:
                     why[o] = "no device of the kind it needs"
                     continue
                 if stage.budget_usd is not None and not offer.is_local:
-                    billed = max(MIN_BILLED_SECONDS, t + offer.startup_seconds + offer.teardown_seconds)
-                    alone = offer.price_per_hour / 3600.0 * billed
+                    n = stage.resources.nodes
+                    billed = max(MIN_BILLED_SECONDS,
+                                 t + cluster_startup_seconds(offer.startup_seconds, n) + offer.teardown_seconds)
+                    alone = offer.price_per_hour / 3600.0 * billed * n
                     if alone > stage.budget_usd:
                         why[o] = f"would cost ${alone:.2f}, over the stage's budget_usd ${stage.budget_usd:g}"
                         continue
@@ -138,13 +146,18 @@ class Problem:
         self.unplaceable = [i for i in range(self.n) if not self.allowed[i]]
         self.is_sink = [not s for s in self.succs]
 
+    def startup_of(self, i: int, o: int) -> float:
+        """Start-up of the cluster stage i would start on offer o: the slowest of its nodes."""
+        return cluster_startup_seconds(self.startup[o], self.nodes[i])
+
     def standalone(self, i: int, o: int) -> tuple[float, float]:
         """(cost, seconds) of stage i alone on offer o: its own cluster, no neighbours."""
         t = self.run[i][o]
         if self.is_local[o]:
             return self.elec_s * t, t
-        billed = max(MIN_BILLED_SECONDS, t + self.startup[o] + self.teardown[o])
-        return self.price_s[o] * billed, t + self.startup[o] + self.in_up[i]
+        startup = self.startup_of(i, o)
+        billed = max(MIN_BILLED_SECONDS, t + startup + self.teardown[o])
+        return self.price_s[o] * self.nodes[i] * billed, t + startup + self.in_up[i]
 
     def evaluate(self, a: list[int], detail: bool = False) -> Outcome:
         """Cost and finish time of assignment ``a`` (stage index -> offer index)."""
@@ -156,6 +169,9 @@ class Problem:
         g_launch: list[float] = []
         g_avail: list[float] = []
         g_offer: list[int] = []
+        g_nodes: list[int] = []
+        g_startup: list[float] = []
+        nodes = self.nodes
         uploaded: dict[int, float] = {}
         downloaded: dict[int, float] = {}
         running: list[tuple[float, float, float, float]] = []  # local: (start, end, cpus, gpus)
@@ -169,7 +185,7 @@ class Problem:
             g = -1
             if not loc:
                 for p in preds[i]:
-                    if a[p] == o:
+                    if a[p] == o and nodes[p] == nodes[i]:
                         g = grp[p]
                         break
             t_dep = 0.0
@@ -226,9 +242,12 @@ class Problem:
                     ready = max(ready, t_dep + self.in_up[i])
                 if g < 0:
                     g = len(g_launch)
+                    up = self.startup[o] if nodes[i] == 1 else self.startup_of(i, o)
                     g_launch.append(t_dep)
-                    g_avail.append(t_dep + self.startup[o])
+                    g_avail.append(t_dep + up)
                     g_offer.append(o)
+                    g_nodes.append(nodes[i])
+                    g_startup.append(up)
                 s = ready if ready > g_avail[g] else g_avail[g]
                 e = s + d
                 g_avail[g] = e
@@ -246,9 +265,10 @@ class Problem:
         g_cost = []
         for g, o in enumerate(g_offer):
             billed = g_avail[g] - g_launch[g] + self.teardown[o]
-            g_cost.append(self.price_s[o] * (billed if billed > MIN_BILLED_SECONDS else MIN_BILLED_SECONDS))
+            billed = billed if billed > MIN_BILLED_SECONDS else MIN_BILLED_SECONDS
+            g_cost.append(self.price_s[o] * g_nodes[g] * billed)
         cost += sum(g_cost) + self.elec_s * local_busy
-        startups = sum(self.startup[o] for o in g_offer)
+        startups = sum(g_startup)
         if not detail:
             return Outcome(cost, makespan, startups)
         return self._detail(a, Outcome(cost, makespan, startups, start, finish, grp, g_cost, g_offer))
@@ -265,7 +285,7 @@ class Problem:
             if self.is_local[o]:
                 stage_cost[i] = self.elec_s * d
                 continue
-            stage_cost[i] = self.price_s[o] * d
+            stage_cost[i] = self.price_s[o] * self.nodes[i] * d
             g = out.group[i]
             first.setdefault(g, i)
             run_cost[g] = run_cost.get(g, 0.0) + stage_cost[i]

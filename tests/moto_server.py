@@ -80,16 +80,26 @@ class LoopbackServer:
 
 
 class StandInHead(LoopbackServer):
-    """A stand-in for a Ray head's dashboard: answers /api/version to the right bearer token."""
+    """A stand-in for a Ray head's dashboard, answering to the right bearer token: /api/version, and
+    the state API's /api/v0/nodes with ``alive`` nodes (Ray 2.60's response shape), as a cluster
+    whose nodes have all joined."""
 
-    def __init__(self, token: str = "stand-in-token"):
-        self.token = token
-        expected = "Bearer " + token
+    def __init__(self, token: str = "stand-in-token", alive: int = 8):
+        self.token, self.alive = token, alive
+        expected, stand_in = "Bearer " + token, self
 
         class Handler(QuietHandler):
             def do_GET(self):  # noqa: N802
-                ok = self.path == "/api/version" and self.headers.get("Authorization") == expected
-                self._send(200 if ok else 401, json.dumps({"ray_version": "stand-in"}).encode() if ok else b"{}")
+                if self.headers.get("Authorization") != expected:
+                    return self._send(401, b"{}")
+                if self.path == "/api/version":
+                    return self._send(200, json.dumps({"ray_version": "stand-in"}).encode())
+                if self.path.startswith("/api/v0/nodes"):
+                    nodes = [{"node_id": f"n{i}", "node_ip": f"10.0.0.{i + 1}", "is_head_node": i == 0,
+                              "state": "ALIVE"} for i in range(stand_in.alive)]
+                    body = {"result": True, "msg": "", "data": {"result": {"total": len(nodes), "result": nodes}}}
+                    return self._send(200, json.dumps(body).encode())
+                return self._send(404, b"{}")
 
         super().__init__(Handler)
         self.address = self.url

@@ -16,7 +16,7 @@ from test_aws_provider import lhorch_instances, make_provider, request, run, sle
 from lhorch.orchestrator.core.errors import CloudError
 from lhorch.orchestrator.core.spec import Cloud
 from lhorch.providers.aws import records
-from lhorch.providers.aws.connect import DirectConnector, HeadNode, SshTunnel
+from lhorch.providers.aws.connect import DirectConnector, HeadNode, SshTunnel, alive_nodes
 from lhorch.providers.aws.settings import AwsSettings
 
 
@@ -144,3 +144,30 @@ def test_cloud_fields_reach_the_launch(make_provider, run):
     finally:
         p.release(cluster)
         p.ec2.delete_security_group(GroupId=mine)
+
+
+def test_a_multi_node_cluster_is_ready_when_ray_reports_every_node(make_provider, run):
+    """The head answering is not enough for two nodes: acquire waits until Ray counts both alive
+    (the worker has joined), and says how many joined when they never do."""
+    joined = iter([1, 1, 1, 2])
+    p = make_provider(collaborators={"probe": lambda a, t: True, "node_count": lambda a, t: next(joined)})
+    cluster = p.acquire(request(run, nodes=2))
+    try:
+        assert len(cluster.instance_ids) == 2
+        assert next(joined, "drained") == "drained"  # asked until both nodes were there
+    finally:
+        p.release(cluster)
+
+    lonely = make_provider(ready_timeout=0.2, collaborators={"probe": lambda a, t: True,
+                                                            "node_count": lambda a, t: 1,
+                                                            "sleep": lambda s: time.sleep(0.02)})
+    with pytest.raises(CloudError, match="only 1 of its 2 nodes joined"):
+        lonely.acquire(request(run + "-lonely", nodes=2))
+    assert lhorch_instances(lonely.ec2, run + "-lonely") == []
+
+
+def test_alive_nodes_reads_rays_state_api(stand_in_head):
+    token = SecretStr(stand_in_head.token)
+    assert alive_nodes(stand_in_head.address, token) == stand_in_head.alive
+    assert alive_nodes(stand_in_head.address, SecretStr("wrong")) == 0  # refused: nobody counted
+    assert alive_nodes("http://127.0.0.1:9", token, timeout=1) == 0  # nothing listening

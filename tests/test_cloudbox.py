@@ -8,59 +8,16 @@ a node whose laptop is gone terminates itself within idle_minutes plus one check
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import textwrap
 import time
-from pathlib import Path
 
 import pytest
 from cloudbox.fixtures import cloudbox  # noqa: F401 - the session's box
+from cloudbox.laptop import LHORCH, NOTHING, instances, laptop, leftovers, lhorch, new_node, stage_log, start, write
 
 pytestmark = [pytest.mark.cloudbox, pytest.mark.slow]
 CLOUD = "cloud: {provider: aws, region: us-east-1, spot: false, instance_types: [c6i.xlarge], connector: direct"
-
-
-def lhorch(box, home: Path, *args: str, timeout: float = 240, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([*LHORCH, *args], env=laptop(box, home),
-                          capture_output=True, text=True, timeout=timeout, **kw)
-
-
-def laptop(box, home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    return {**env, **box.laptop_env(), "LHORCH_HOME": str(home), "RAY_DISABLE_USAGE_STATS": "1"}
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
-def instances(box, run_id: str, states=("pending", "running", "shutting-down", "stopping", "stopped")) -> list[dict]:
-    return [i for r in box.ec2.describe_instances(Filters=[
-        {"Name": "tag:lhorch:run-id", "Values": [run_id]},
-        {"Name": "instance-state-name", "Values": list(states)}])["Reservations"] for i in r["Instances"]]
-
-
-def leftovers(box, run_id: str) -> dict[str, list]:
-    ec2, ssm = box.ec2, box.client("ssm")
-    tagged = [{"Name": "tag:lhorch:run-id", "Values": [run_id]}]
-    params = [p["Name"] for p in ssm.describe_parameters(ParameterFilters=[
-        {"Key": "Path", "Option": "Recursive", "Values": ["/lhorch"]}])["Parameters"] if run_id in p["Name"]]
-    box.wait(lambda: not box.live_namespaces(), 15)
-    return {"instances": [i["InstanceId"] for i in instances(box, run_id)],
-            "security_groups": [g["GroupId"] for g in ec2.describe_security_groups(Filters=tagged)["SecurityGroups"]],
-            "key_pairs": [k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]],
-            "parameters": params, "namespaces": box.live_namespaces()}
-
-
-# The real CLI, as installed (its console script next to this interpreter).
-LHORCH = [str(Path(sys.executable).with_name("lhorch"))] if Path(sys.executable).with_name("lhorch").exists() else [
-    sys.executable, "-c", "from lhorch.orchestrator.cli import main; main()"]
-NOTHING = {"instances": [], "security_groups": [], "key_pairs": [], "parameters": [], "namespaces": []}
 
 
 def test_local_cloud_local_pipeline_on_a_box_node(cloudbox, tmp_path):
@@ -177,7 +134,7 @@ def test_laptop_gone_the_node_terminates_itself(cloudbox, tmp_path):
         assert cloudbox.wait(lambda: any(n.boot_steps().get("ready") for n in cloudbox.nodes.values()
                                          if n.ended is None), 180), "no node became ready"
         node = next(n for n in cloudbox.nodes.values() if n.ended is None)
-        assert cloudbox.wait(lambda: "started" in _stage_log(home), 60), "the cloud stage never started"
+        assert cloudbox.wait(lambda: "started" in stage_log(home), 60), "the cloud stage never started"
     finally:
         proc.send_signal(signal.SIGKILL)  # the laptop is gone: no teardown, no gc
         proc.wait(10)
@@ -203,33 +160,10 @@ def test_laptop_gone_the_node_terminates_itself(cloudbox, tmp_path):
     assert idle_s <= row["quantity"] <= up_to_gc + 1, (row, up_to_gc)
 
 
-def _stage_log(home: Path) -> str:
-    logs = list(home.glob("runs/*/stages/train/attempt-*.log"))
-    return logs[0].read_text(errors="replace") if logs else ""
-
-
-def _start(box, tmp_path: Path, text: str) -> tuple[subprocess.Popen, Path]:
-    home = tmp_path / "home"
-    proc = subprocess.Popen([*LHORCH, "run", str(write(tmp_path, text))], env=laptop(box, home),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return proc, home
-
-
-def _new_node(box, known: set[str], step: str, timeout: float):
-    found: list = []
-
-    def ready():
-        found[:] = [n for iid, n in box.nodes.items() if iid not in known and n.ended is None and step in n.boot_steps()]
-        return bool(found)
-
-    assert box.wait(ready, timeout), f"no new node reached {step!r}"
-    return found[0]
-
-
 @pytest.mark.parametrize("when", ["boot", "stage"])
 def test_ctrl_c_during_boot_or_stage_leaves_nothing(cloudbox, tmp_path, when):
     known = set(cloudbox.nodes)
-    proc, home = _start(cloudbox, tmp_path, f"""\
+    proc, home = start(cloudbox, tmp_path, f"""\
         name: box-ctrl-c-{when}
         {CLOUD}, idle_minutes: 2}}
         stages:
@@ -238,9 +172,9 @@ def test_ctrl_c_during_boot_or_stage_leaves_nothing(cloudbox, tmp_path, when):
             run: echo started; sleep 600
         """)
     try:
-        node = _new_node(cloudbox, known, "installing" if when == "boot" else "ready", 180)
+        node = new_node(cloudbox, known, "installing" if when == "boot" else "ready", 180)
         if when == "stage":
-            assert cloudbox.wait(lambda: "started" in _stage_log(home), 90), "the cloud stage never started"
+            assert cloudbox.wait(lambda: "started" in stage_log(home), 90), "the cloud stage never started"
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=120)
     finally:
@@ -257,7 +191,7 @@ def test_ctrl_c_during_boot_or_stage_leaves_nothing(cloudbox, tmp_path, when):
 
 def test_spot_interruption_mid_stage_retries_on_a_fresh_node_from_its_checkpoint(cloudbox, tmp_path):
     known = set(cloudbox.nodes)
-    proc, home = _start(cloudbox, tmp_path, f"""\
+    proc, home = start(cloudbox, tmp_path, f"""\
         name: box-spot
         {CLOUD}, idle_minutes: 1}}
         stages:
@@ -272,9 +206,9 @@ def test_spot_interruption_mid_stage_retries_on_a_fresh_node_from_its_checkpoint
               if [ "$LHORCH_ATTEMPT" = 1 ]; then mkdir -p $ckpt && echo step-7 > $ckpt/latest && sleep 600; fi
         """)
     try:
-        first = _new_node(cloudbox, known, "ready", 180)
-        assert cloudbox.wait(lambda: "attempt 1" in _stage_log(home), 90), "the cloud stage never started"
-        assert cloudbox.wait(lambda: "checkpoints sent" in _stage_log(home), 60), "no checkpoint left the node"
+        first = new_node(cloudbox, known, "ready", 180)
+        assert cloudbox.wait(lambda: "attempt 1" in stage_log(home), 90), "the cloud stage never started"
+        assert cloudbox.wait(lambda: "checkpoints sent" in stage_log(home), 60), "no checkpoint left the node"
         cloudbox.interrupt(first.instance_id)  # the spot market takes the node back
         out, _ = proc.communicate(timeout=240)
     finally:

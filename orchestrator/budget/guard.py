@@ -25,6 +25,7 @@ from lhorch.orchestrator.budget.caps import MIN_BILLED_SECONDS, CostMeter, Watch
 from lhorch.orchestrator.core.clock import Clock, SystemClock
 from lhorch.orchestrator.core.cluster import Cluster, ClusterRequest
 from lhorch.orchestrator.core.errors import BudgetError
+from lhorch.orchestrator.core.nodes import cluster_startup_seconds
 from lhorch.orchestrator.core.plan import Plan
 from lhorch.orchestrator.core.spec import Pipeline
 from lhorch.orchestrator.state import ledger
@@ -100,7 +101,8 @@ class BudgetGuard:
         """Start-up plus the shortest useful work: the shortest estimated stage of the cluster."""
         works = [self.plan.placements[s].est_seconds for s in stages
                  if self.plan is not None and s in self.plan.placements and self.plan.placements[s].est_seconds > 0]
-        return request.offer.startup_seconds + (min(works) if works else 0.0)
+        # Every node must have joined before the work starts: the slowest one's start-up (core/nodes.py).
+        return cluster_startup_seconds(request.offer.startup_seconds, request.nodes) + (min(works) if works else 0.0)
 
     def before_acquire(self, request: ClusterRequest, stages: list[str]) -> None:
         if self.meter is None or not self.dogs:

@@ -40,6 +40,8 @@ def render(plan: Plan, console: Console) -> None:
         table.add_column(col, **kw)
     for p in plan.placements.values():
         instance = p.instance_type if p.target == "cloud" else "-"
+        if p.target == "cloud" and p.nodes > 1:
+            instance = f"{p.nodes} x {instance}"  # est. cost pays for every node
         if p.group and p.target == "cloud":
             instance += f" ({p.group})"
         table.add_row(p.stage, p.target, instance, p.market if p.target == "cloud" else "-",

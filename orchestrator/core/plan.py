@@ -67,6 +67,8 @@ class Placement(_Data):
     instance_type: str = "local"
     market: str = "local"
     group: str | None = Field(None, description="Cloud stages with the same group share one cluster.")
+    nodes: int = Field(1, description="Nodes of the instance type the stage spans (resources.nodes); est_cost_usd "
+                                      "pays for all of them.")
     est_seconds: float = 0.0
     est_cost_usd: float = 0.0
     reason: str = ""

@@ -40,11 +40,19 @@ Duration = Annotated[
 
 
 class Resources(Model):
-    cpus: float = Field(1.0, gt=0, description="CPU cores the stage needs (fractions allowed).")
-    gpus: int = Field(0, ge=0, description="Whole GPUs the stage needs.")
-    memory_gb: float = Field(1.0, gt=0, description="Peak RAM in GiB.")
+    """What one run of a stage needs. ``nodes`` is how many machines it spans; every other figure is per
+    node: ``{nodes: 2, cpus: 4, gpus: 1}`` is two machines with four CPUs and a GPU each (issue 14)."""
+
+    nodes: int = Field(
+        1, ge=1, le=64,
+        description="Machines the stage spans (a multi-node Ray cluster in the cloud); the other resources are "
+                    "per node. More than 1 needs a cloud (placement auto or cloud) and at most cloud.max_instances.",
+    )
+    cpus: float = Field(1.0, gt=0, description="CPU cores the stage needs on each node (fractions allowed).")
+    gpus: int = Field(0, ge=0, description="Whole GPUs the stage needs on each node.")
+    memory_gb: float = Field(1.0, gt=0, description="Peak RAM in GiB on each node.")
     gpu_memory_gb: float | None = Field(None, gt=0, description="Peak memory per GPU in GiB, if known.")
-    disk_gb: float = Field(1.0, ge=0, description="Scratch disk in GiB, artifacts included.")
+    disk_gb: float = Field(1.0, ge=0, description="Scratch disk in GiB on each node, artifacts included.")
 
 
 class Hints(Model):

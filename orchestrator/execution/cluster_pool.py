@@ -64,7 +64,8 @@ class ClusterPool:
         self.wake = threading.Event()
 
     def plan_targets(self, pipeline: Pipeline, plan: Plan, order: list[str], hard_stop_at: datetime | None) -> None:
-        """One target per placement group of the plan (every local stage shares the local node)."""
+        """One target per placement group of the plan (every local stage shares the local node); a cloud
+        target asks for as many nodes as its stages' ``resources.nodes``."""
         cloud = pipeline.cloud
         for name in order:
             placement = plan.placements[name]
@@ -86,8 +87,13 @@ class ClusterPool:
                     run_id=self.run_id, group=placement.group or name if key != LOCAL else LOCAL, offer=offer,
                     expires_at=hard_stop_at or (utcnow() + timedelta(hours=cloud.max_hours)),
                     idle_minutes=cloud.idle_minutes), stages=[])
-            self.targets[key].stages.append(name)
-            self.targets[key].unfinished.add(name)
+            target = self.targets[key]
+            target.stages.append(name)
+            target.unfinished.add(name)
+            if key != LOCAL:
+                # Every node of a multi-node stage is started (and metered) with its cluster (issue 14). The
+                # planner groups only stages of one node count; a cluster shared otherwise has the most.
+                target.request.nodes = max(target.request.nodes, pipeline.stages[name].resources.nodes)
 
     def target_of(self, stage: str) -> Target:
         for target in self.targets.values():

@@ -128,8 +128,12 @@ class StageLauncher:
                                       verbose=self.verbose))
 
     def distributed(self, stage: str) -> bool:
-        """Whether the stage starts Ray Train workers (it then attaches to a Ray cluster itself)."""
+        """Whether the stage starts Ray Train workers, or is a `run:` command that spans several nodes
+        and places its own ranks through Ray (issue 14): it then attaches to a Ray cluster itself, and
+        its driver reserves nothing, so that its ranks can have the stage's CPUs and GPUs on every node."""
         spec = self.pipeline.stages[stage]
+        if spec.run is not None:
+            return spec.resources.nodes > 1
         job = find_job(spec.uses) if spec.uses else None
         return job is not None and job.runs_distributed(spec.with_)
 
@@ -149,7 +153,8 @@ class StageLauncher:
         env = {**self.pipeline.env, **spec.env}
         ctx = StageContext(output_dir=out_dir, inputs=inputs, params=spec.with_, stage=stage, run_id=self.run_id)
         env.update(to_env(ctx))
-        env["LHORCH_RESOURCES"] = spec.resources.model_dump_json()
+        env["LHORCH_RESOURCES"] = spec.resources.model_dump_json()  # per node; "nodes" says how many
+        env["LHORCH_NODES"] = str(spec.resources.nodes)
         env[ENV_VAR] = self.message(stage, inputs, cluster).model_dump_json()
         return env
 

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lhorch.orchestrator.core.nodes import machine_key
 from lhorch.orchestrator.core.plan import Plan
 from lhorch.orchestrator.core.spec import Pipeline
 from lhorch.orchestrator.core.stage_message import USAGE_FILE
@@ -40,14 +41,14 @@ class Recorder:
 
     def history(self, stage: str, usage: dict[str, Any], wall: float, *, local: bool) -> None:
         """One observation of the stage: on the local machine it is keyed by the machine's profile
-        fingerprint, in the cloud by the instance type."""
+        fingerprint, in the cloud by the instance type (``TYPE*N`` for N nodes: core/nodes.py)."""
         size_in = sum(r["size_bytes"] for r in self.store.artifacts(self.run_id)
                       if r["stage"] in self.pipeline.stages[stage].needs)
         size_out = sum(r["size_bytes"] for r in self.store.artifacts(self.run_id, stage))
         placement = self.plan.placements[stage]
         history.record_stage(
             self.store, pipeline=self.pipeline.name, stage=stage, spec_hash=art.spec_hash(self.pipeline.stages[stage]),
-            machine=self.machine if local else placement.instance_type,
+            machine=self.machine if local else machine_key(placement.instance_type, placement.nodes),
             target=placement.target, wall_seconds=usage.get("wall_seconds", wall),
             peak_rss_mb=usage.get("peak_rss_mb"), peak_gpu_mb=usage.get("peak_gpu_mb"),
             input_bytes=size_in, output_bytes=size_out, finished_at=utcnow())

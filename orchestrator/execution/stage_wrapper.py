@@ -164,6 +164,16 @@ def _wait(child: subprocess.Popen, timeout: float | None, owner: int) -> int:
             return EXIT_TIMEOUT
 
 
+def head_address(env: dict[str, str]) -> str | None:
+    """The Ray head's host, for a multi-node stage's own launcher (torchrun's --master_addr, say): Ray's
+    Jobs API gives a job's driver the cluster's GCS address, host:port, in RAY_ADDRESS (issue 14)."""
+    address = env.get("RAY_ADDRESS", "")
+    if "://" in address or ":" not in address:
+        return None  # "auto", "local", a client or dashboard URL: not the head's own address
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return host or None
+
+
 def main() -> int:
     # What the stage writes (outputs, logs, checkpoints) is for this user only (issue 15).
     os.umask(0o077)
@@ -183,6 +193,9 @@ def main() -> int:
     else:
         out_dir = Path(env["LHORCH_OUTPUT_DIR"])
     out_dir.mkdir(parents=True, exist_ok=True)
+    head = head_address(env)
+    if head:
+        env["LHORCH_HEAD_ADDRESS"] = head
 
     argv: list[str] | str
     if message.kind == "uses":

@@ -252,6 +252,7 @@ def _parse(text: str, file: str, base_dir: Path | None) -> Pipeline:
     _check_inputs(pipeline, lines, file, base_dir)
     _check_jobs(pipeline, lines, file)
     _check_cloud(pipeline, lines, file)
+    _check_nodes(pipeline, lines, file)
     return pipeline
 
 
@@ -379,3 +380,30 @@ def _check_cloud(pipeline: Pipeline, lines: _LineMap, file: str) -> None:
                             hint=(f"Did you mean {' or '.join(close)}? " if close else "")
                             + "`cloud.instance_types` names types of lhorch's catalogue (docs/cloud.md).")
 
+
+
+def _check_nodes(pipeline: Pipeline, lines: _LineMap, file: str) -> None:
+    """A stage that spans several machines (issue 14) needs a cloud that may start that many, and a job
+    that can use them."""
+    cloud = pipeline.cloud
+    for name, stage in pipeline.stages.items():
+        r = stage.resources
+        if r.nodes == 1:
+            continue
+        loc: Loc = ("stages", name, "resources", "nodes")
+        error = partial(SpecError, file=file, line=lines.line(loc), field=_dotted(loc))
+        if stage.placement == "local":
+            raise error(f"spans {r.nodes} nodes, but the stage is pinned to this machine (placement: local), "
+                        "which is one node", hint="Use placement auto or cloud, or resources.nodes: 1.")
+        if cloud.provider == "none":
+            raise error(f"spans {r.nodes} nodes, but no cloud is configured and this machine is one node",
+                        hint="Set cloud.provider (aws, or ray for an existing cluster), or resources.nodes: 1.")
+        if cloud.provider == "aws" and r.nodes > cloud.max_instances:
+            raise error(f"{r.nodes} nodes is more than cloud.max_instances ({cloud.max_instances})",
+                        hint=f"Raise cloud.max_instances to {r.nodes} or lower resources.nodes.")
+        job = find_job(stage.uses) if stage.uses else None
+        found = job.nodes_problem(stage.with_, r.nodes, r.cpus, r.gpus) if job is not None else None
+        if found is not None:
+            where: Loc = ("stages", name, *found[0].split("."))
+            raise SpecError(found[1], file=file, line=lines.line(where), field=_dotted(where),
+                            hint="num_workers counts workers over all nodes; resources are per node.")

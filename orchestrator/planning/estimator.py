@@ -16,6 +16,11 @@ Run time on an offer, in order of trust:
 (per-GPU sustained matmul x GPUs), any other stage on CPU cores (node fp32 matmul / vCPUs x the
 cores it asks for). For spot offers the expected re-run after interruptions is added (rate per
 hour x run hours x (half a checkpoint interval + a replacement node's start-up)).
+
+A stage that spans N nodes (``resources.nodes``, per-node resources) runs its one-node time divided
+by the data-parallel speed-up N x e^log2(N); e is 0.9, or what this stage's history on one and on N
+nodes shows (lhorch.orchestrator.core.nodes). History of the stage on exactly N nodes of the type
+wins, as rule 1 says; spot interruptions hit any of the N nodes. The local machine is one node.
 """
 
 from __future__ import annotations
@@ -24,6 +29,14 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from lhorch.orchestrator.core.nodes import (
+    DEFAULT_EFFICIENCY,
+    cluster_startup_seconds,
+    data_parallel_speedup,
+    learnt_efficiency,
+    machine_key,
+    split_machine_key,
+)
 from lhorch.orchestrator.core.plan import Offer
 from lhorch.orchestrator.core.profile import Profile
 from lhorch.orchestrator.core.spec import Stage
@@ -130,6 +143,7 @@ class Estimator:
     _local: Offer = field(init=False)
     _work: dict[str, tuple[float | None, dict[str, float], str]] = field(init=False, default_factory=dict)
     _throughput: dict[tuple, float | None] = field(init=False, default_factory=dict)
+    _efficiency: dict[str, float] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         local = [o for o in self.offers if o.is_local]
@@ -147,6 +161,8 @@ class Estimator:
     def fit_problem(self, name: str, stage: Stage, offer: Offer) -> str | None:
         """Why ``stage`` cannot run on ``offer``, or None when it fits."""
         r = stage.resources
+        if r.nodes > 1 and offer.is_local:
+            return f"spans {r.nodes} nodes, this machine is one"
         where = "this machine" if offer.is_local else offer.instance_type
         memory = offer.memory_gb if offer.is_local else offer.memory_gb * CLOUD_MEMORY_USABLE
         if r.memory_gb > memory + 1e-9:
@@ -205,12 +221,14 @@ class Estimator:
             values = [float(s) for s in seconds if s and s > 0]
             if values:
                 exact[machine] = statistics.median(values)
-        # Scale the best-trusted observation (local first) to machines not observed.
-        for machine in sorted(exact, key=lambda m: (m != LOCAL, m)):
+        efficiency = self._learn_efficiency(name, exact)
+        # Scale the best-trusted observation (local first, one node before several) to machines not observed.
+        for key in sorted(exact, key=lambda m: (split_machine_key(m)[1] > 1, m != LOCAL, m)):
+            machine, nodes = split_machine_key(key)
             offer = self._by_machine.get(machine)
             thr = self.throughput(stage, offer) if offer else None
             if thr:
-                work, basis = exact[machine] * thr, f"history on {machine}"
+                work, basis = exact[key] * data_parallel_speedup(nodes, efficiency) * thr, f"history on {key}"
                 break
         h = stage.hints
         if work is None and h.minutes_on:
@@ -237,6 +255,22 @@ class Estimator:
         self._work[name] = result
         return result
 
+    def _learn_efficiency(self, name: str, exact: Mapping[str, float]) -> float:
+        """The stage's data-parallel efficiency per doubling: from its history on one and several nodes of
+        one type (the median over types), else the default."""
+        by_machine: dict[str, dict[int, list[float]]] = {}
+        for key, seconds in exact.items():
+            machine, nodes = split_machine_key(key)
+            by_machine.setdefault(machine, {}).setdefault(nodes, []).append(seconds)
+        found = [e for e in (learnt_efficiency(seen) for seen in by_machine.values()) if e is not None]
+        self._efficiency[name] = value = statistics.median(found) if found else DEFAULT_EFFICIENCY
+        return value
+
+    def efficiency(self, name: str, stage: Stage) -> float:
+        """Data-parallel efficiency per doubling of nodes for this stage (lhorch.orchestrator.core.nodes)."""
+        self._stage_work(name, stage)
+        return self._efficiency.get(name, DEFAULT_EFFICIENCY)
+
     def _named_throughput(self, stage: Stage, key: str) -> float | None:
         """Throughput of the hardware a ``minutes_on`` key names, for this stage's device kind."""
         k = _norm(key)
@@ -250,7 +284,15 @@ class Estimator:
         return per_gpu * max(stage.resources.gpus, 1)
 
     def clean_run_seconds(self, name: str, stage: Stage, offer: Offer) -> float:
-        """Run time without spot interruptions."""
+        """Run time without spot interruptions, on the stage's ``resources.nodes`` nodes of ``offer``."""
+        nodes = stage.resources.nodes
+        _, exact, _ = self._stage_work(name, stage)
+        seen = exact.get(machine_key(_machine(offer), nodes))
+        if seen is not None:
+            return seen
+        return self._one_node_seconds(name, stage, offer) / data_parallel_speedup(nodes, self.efficiency(name, stage))
+
+    def _one_node_seconds(self, name: str, stage: Stage, offer: Offer) -> float:
         work, exact, _ = self._stage_work(name, stage)
         machine = _machine(offer)
         if machine in exact:
@@ -269,10 +311,13 @@ class Estimator:
 
     def interruption_seconds(self, stage: Stage, offer: Offer, clean: float) -> float:
         """Expected extra seconds from spot interruptions (re-run since the last checkpoint + a new node)."""
-        rate = offer.interruption_rate_per_hour if offer.market == "spot" else 0.0
+        # Losing any one of the stage's nodes loses the attempt: N nodes are interrupted N times as often.
+        nodes = stage.resources.nodes
+        rate = offer.interruption_rate_per_hour * nodes if offer.market == "spot" else 0.0
         if rate <= 0:
             return 0.0
-        lost = min(stage.hints.checkpoint_minutes * 60.0 / 2.0, clean / 2.0) + offer.startup_seconds
+        lost = (min(stage.hints.checkpoint_minutes * 60.0 / 2.0, clean / 2.0)
+                + cluster_startup_seconds(offer.startup_seconds, nodes))
         return rate * clean / 3600.0 * lost
 
     def run_seconds(self, name: str, stage: Stage, offer: Offer) -> float:

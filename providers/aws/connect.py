@@ -71,6 +71,20 @@ def probe(address: str, token: SecretStr | None, timeout: float = 5.0) -> bool:
         return False
 
 
+def alive_nodes(address: str, token: SecretStr | None, timeout: float = 5.0) -> int:
+    """How many nodes Ray reports alive (its state API on the dashboard); 0 when it does not answer."""
+    req = urllib.request.Request(address.rstrip("/") + "/api/v0/nodes?detail=false&limit=1000")
+    if token is not None:
+        req.add_header("Authorization", "Bearer " + token.get_secret_value())
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback tunnel or private address
+            body = json.loads(resp.read())
+    except (OSError, ValueError):
+        return 0
+    nodes = ((body.get("data") or {}).get("result") or {}).get("result") or []
+    return sum(1 for n in nodes if isinstance(n, dict) and n.get("state") == "ALIVE")
+
+
 class DirectConnector:
     """The head's private address is routable from here: nothing to start or stop."""
 

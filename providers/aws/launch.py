@@ -27,7 +27,7 @@ from lhorch.orchestrator.state import ledger
 from lhorch.providers.aws import ec2 as ec2ops
 from lhorch.providers.aws import records, security
 from lhorch.providers.aws.bootstrap import BOOT_FAILED, BOOT_TAG, BootstrapSpec, NodeSoftware, render_user_data
-from lhorch.providers.aws.connect import HeadConnector, HeadNode
+from lhorch.providers.aws.connect import HeadConnector, HeadNode, alive_nodes
 from lhorch.providers.aws.context import AwsContext
 from lhorch.providers.aws.ec2 import (
     TAG_EXPIRES,
@@ -44,6 +44,7 @@ from lhorch.providers.aws.names import cluster_name, iso, node_name, token_param
 from lhorch.providers.aws.retry import error_code
 
 Probe = Callable[[str, SecretStr | None], bool]
+NodeCount = Callable[[str, SecretStr | None], int]  # nodes Ray reports alive, through the head's dashboard
 # States from which an instance never comes back to running: the launch has failed.
 GONE_STATES = (None, "shutting-down", "terminated", "stopping", "stopped")
 # What a node bills besides its instance-seconds (us-east-1 list prices): the gp3 root volume per
@@ -87,8 +88,8 @@ class Launcher:
     """Starts the nodes of one cluster. A start that fails leaves its nodes to the caller:
     ``AwsProvider.acquire`` tears down everything of the (run, group) whatever cut it short."""
 
-    def __init__(self, ctx: AwsContext, connector: HeadConnector, probe: Probe):
-        self.ctx, self.connector, self.probe = ctx, connector, probe
+    def __init__(self, ctx: AwsContext, connector: HeadConnector, probe: Probe, count: NodeCount = alive_nodes):
+        self.ctx, self.connector, self.probe, self.count = ctx, connector, probe, count
         self._last_beat: float | None = None
         self._amis: dict[tuple[str, bool], tuple[str, str]] = {}
         self._facts: dict[str, dict[str, Any]] = {}
@@ -287,23 +288,29 @@ class Launcher:
                         key_path=security.key_path(self.ctx.store.home, name))
 
     def connect(self, head: HeadNode, ids: list[str] | None = None, beat: float = 60.0) -> tuple[str, SecretStr]:
-        """Connect to the head until its Ray dashboard answers with the token, or ready_timeout; a
-        node that reports a failed bootstrap or is gone ends the wait at once."""
-        ctx = self.ctx
+        """Connect to the head until its Ray dashboard answers with the token and Ray reports every
+        node of the cluster alive (the workers have joined), or ready_timeout; a node that reports a
+        failed bootstrap or is gone ends the wait at once."""
+        ctx, ids = self.ctx, ids or [head.instance_id]
         timeout = ctx.settings.ready_timeout
         deadline = ctx.monotonic() + timeout
+        answered, joined = False, 0
         while True:
-            self.poll_nodes(ids or [head.instance_id], beat)
+            self.poll_nodes(ids, beat)
             try:
                 address, auth = self.connector.connect(head)
-                if self.probe(address, auth):
+                answered = self.probe(address, auth)
+                joined = self.count(address, auth) if answered and len(ids) > 1 else len(ids)
+                if answered and joined >= len(ids):
                     return address, auth
             except ClusterUnreachable:
                 if ctx.monotonic() >= deadline:
                     raise
             if ctx.monotonic() >= deadline:
-                raise ClusterUnreachable(f"the Ray head of {head.cluster} did not answer in {timeout:.0f}s",
-                                         hint="See /var/log/lhorch-bootstrap.log on the head (SSM session).")
+                what = (f"only {joined} of its {len(ids)} nodes joined its Ray cluster" if answered
+                        else "its Ray head did not answer")
+                raise ClusterUnreachable(f"{head.cluster}: {what} in {timeout:.0f}s",
+                                         hint="See /var/log/lhorch-bootstrap.log on the nodes (SSM session).")
             ctx.sleep(ctx.settings.poll_interval)
 
 

@@ -29,7 +29,7 @@ from lhorch.providers.aws import ec2 as ec2ops
 from lhorch.providers.aws import health, records, security
 from lhorch.providers.aws.auxiliary import Auxiliary
 from lhorch.providers.aws.bootstrap import NODE_PYTHON
-from lhorch.providers.aws.connect import HeadConnector, HeadNode, make_connector, needs_ssh, probe
+from lhorch.providers.aws.connect import HeadConnector, HeadNode, alive_nodes, make_connector, needs_ssh, probe
 from lhorch.providers.aws.context import AwsClients, AwsContext, aws_errors
 from lhorch.providers.aws.ec2 import (
     TAG_EXPIRES,
@@ -42,7 +42,7 @@ from lhorch.providers.aws.ec2 import (
     TAG_RUN,
     tags_of,
 )
-from lhorch.providers.aws.launch import Launcher, NodeSetup, Probe, lower_hard_stop
+from lhorch.providers.aws.launch import Launcher, NodeCount, NodeSetup, Probe, lower_hard_stop
 from lhorch.providers.aws.names import cluster_name, iso, token_parameter
 from lhorch.providers.aws.prices import Fallback, bundled_catalogue
 from lhorch.providers.aws.retry import Backoff
@@ -56,14 +56,15 @@ class AwsProvider:
     """See the module docstring. ``settings`` say how to launch; the rest is injected: the boto3
     ``session`` (standard boto3 settings: AWS_PROFILE, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL ...), the
     store, time and sleeping, the caller's IP lookup (only a connector that needs SSH uses one), the
-    head connector (default: the one ``settings.connector`` names) and readiness probe, and the price
-    fallback, so tests run against moto in seconds."""
+    head connector (default: the one ``settings.connector`` names), readiness probe and count of the
+    nodes Ray reports alive, and the price fallback, so tests run against moto in seconds."""
 
     name = "aws"
 
     def __init__(self, session: Any, *, store: Store, settings: AwsSettings | None = None,
                  connector: HeadConnector | None = None,
                  ip_lookup: Callable[[], str] | None = security.public_ip_from_checkip, probe: Probe = probe,
+                 node_count: NodeCount = alive_nodes,
                  clock: Callable[[], datetime] = utcnow, sleep: Callable[[float], None] = time.sleep,
                  monotonic: Callable[[], float] = time.monotonic, backoff: Backoff | None = None,
                  price_fallback: Fallback = bundled_catalogue):
@@ -76,7 +77,7 @@ class AwsProvider:
         self.connector: HeadConnector = connector or make_connector(self.settings.connector)
         self.auxiliary = Auxiliary(self.ctx, ip_lookup, ssh=needs_ssh(self.connector))
         self.teardown = Teardown(self.ctx, self.connector)
-        self.launcher = Launcher(self.ctx, self.connector, probe)
+        self.launcher = Launcher(self.ctx, self.connector, probe, node_count)
 
     @classmethod
     def from_environment(cls, store: Store, region: str | None = None, **collaborators: Any) -> AwsProvider:

@@ -103,6 +103,9 @@ class Box:
         self.vpc_cidrs = sorted({v["CidrBlock"] for v in self.ec2.describe_vpcs()["Vpcs"]})
         for cidr in self.vpc_cidrs:
             net.ip("route", "replace", "unreachable", cidr)
+        net.fence_vpcs(self.vpc_cidrs)
+        # Nodes of a multi-node cluster talk to each other through the host (restored at close).
+        self._forwarding = net.set_forwarding("1")
         self._thread = threading.Thread(target=self._run, name="cloudbox-nodes", daemon=True)
         self._thread.start()
         return self
@@ -126,7 +129,11 @@ class Box:
             net.ip("link", "del", link, check=False)
         for cidr in getattr(self, "vpc_cidrs", []):
             net.ip("route", "del", "unreachable", cidr, check=False)
+        net.unfence_vpcs(getattr(self, "vpc_cidrs", []))
         net.remove_endpoint_address()
+        if getattr(self, "_forwarding", None) is not None:
+            net.set_forwarding(self._forwarding)
+            self._forwarding = None
         if self._server is not None:
             self._server.stop()
             self._server = None

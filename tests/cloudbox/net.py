@@ -39,6 +39,39 @@ def remove_endpoint_address() -> None:
     ip("link", "del", DUMMY, check=False)
 
 
+FORWARDING = "/proc/sys/net/ipv4/ip_forward"
+# Policy routing that keeps forwarded traffic inside the box: from a VPC address, only another VPC
+# address is routed (main table); anything else is unreachable at once (table BOX_TABLE), never sent
+# out of this host.
+BOX_TABLE, RULE_PREF = "213", 21300
+
+
+def fence_vpcs(cidrs: list[str]) -> None:
+    unfence_vpcs(cidrs)
+    ip("route", "replace", "unreachable", "default", "table", BOX_TABLE)
+    for i, cidr in enumerate(cidrs):
+        ip("rule", "add", "pref", str(RULE_PREF + 2 * i), "from", cidr, "to", cidr, "lookup", "main")
+        ip("rule", "add", "pref", str(RULE_PREF + 2 * i + 1), "from", cidr, "lookup", BOX_TABLE)
+
+
+def unfence_vpcs(cidrs: list[str]) -> None:
+    for i in range(2 * max(len(cidrs), 1)):
+        while ip("rule", "del", "pref", str(RULE_PREF + i), check=False).returncode == 0:
+            pass
+    ip("route", "flush", "table", BOX_TABLE, check=False)
+
+
+def set_forwarding(value: str) -> str:
+    """Set the host's IPv4 forwarding (``"1"``/``"0"``); return what it was. With it on, a node reaches
+    another node's private address through the host, as instances of one VPC subnet reach each other."""
+    with open(FORWARDING) as f:
+        before = f.read().strip()
+    if before != value:
+        with open(FORWARDING, "w") as f:
+            f.write(value)
+    return before
+
+
 def create_node_network(ns: str, index: int, private_ip: str, gateway: str) -> None:
     """Namespace ``ns`` with a veth pair: ``private_ip`` inside (plus the metadata address on lo),
     a /32 route to it on the host, and a default route inside through the host (``gateway``)."""
