@@ -54,6 +54,12 @@ def _quiet_without_dashboard() -> None:
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
+def _input_files(cfg: dict) -> dict[str, bytes]:
+    """Every file a worker reads: the dataset folder's and the initial checkpoint, by absolute path."""
+    paths = [p for p in Path(cfg["dataset"]).rglob("*") if p.is_file()] + [Path(cfg["init_file"])]
+    return {str(p.resolve()): p.read_bytes() for p in paths}
+
+
 def _ray_worker(cfg: dict) -> None:
     # Module-level so Ray pickles it by reference; the worker imports jobs.finetune_loop itself.
     train_worker(cfg)
@@ -86,7 +92,13 @@ def _fit_with_ray(cfg: dict, p: FinetuneParams, out: Path, cpus: float, use_gpu:
             ray.init(num_cpus=max(int(cpus), cpus_per_worker * p.num_workers), include_dashboard=False,
                      runtime_env={"worker_process_setup_hook": "lhorch.jobs.finetune._quiet_without_dashboard"})
             started_here = True
-    if sum(1 for node in ray.nodes() if node.get("Alive")) == 1:
+    alive = sum(1 for node in ray.nodes() if node.get("Alive"))
+    cfg["driver_node"] = ray.get_runtime_context().get_node_id()
+    if alive > 1:
+        # Workers on other nodes do not have the inputs this node was given: ship them through the
+        # object store (a dataset and a checkpoint of a fine-tune, not a corpus).
+        cfg["files"] = ray.put(_input_files(cfg))
+    if alive == 1:
         # One node (this laptop, or a one-node cluster): when it is drained there is nowhere to move the
         # workers, so Train's preemption watcher buys nothing and costs an actor process to start.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
@@ -109,7 +121,7 @@ def _fit_with_ray(cfg: dict, p: FinetuneParams, out: Path, cpus: float, use_gpu:
         if started_here:
             ray.shutdown()
     t_done = time.time()
-    # Rank 0 may have run on another node: then the model reaches us only through Ray Train's storage.
+    # No worker ran on this node (the writer is elsewhere): the model reaches us through Ray Train's storage.
     if not (out / "model" / MODEL_FILE).exists() and result.checkpoint is not None:
         with result.checkpoint.as_directory() as d:
             shutil.copytree(d, out / "model", dirs_exist_ok=True)

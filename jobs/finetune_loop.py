@@ -2,10 +2,15 @@
 
 One function, ``train_worker``, is the per-worker body under Ray Train's TorchTrainer and the whole
 loop under ``engine: torch``; a small Session object hides the difference (rank, device, DDP wrapping,
-reporting). Resumability: every ``checkpoint_every`` optimizer steps rank 0 writes model, optimizer,
+reporting). Resumability: every ``checkpoint_every`` optimizer steps the writer writes model, optimizer,
 loss-scaler and loop position to ``<output>/checkpoints/step-N.pt``; a new run in the same folder with
 the same training parameters continues from the newest one and, because batch order depends only on
 (seed, epoch), ends with the same weights as an uninterrupted run.
+
+The writer is the lowest rank on the driver's node (rank 0 on one node): the stage's output folder is
+on that node, so its checkpoints are the ones lhorch sends off the node while the stage runs and its
+outputs the ones lhorch collects. Workers on other nodes get the inputs through Ray's object store
+(``cfg["files"]``), written at the same paths before they are read.
 """
 
 from __future__ import annotations
@@ -78,9 +83,29 @@ class RaySession:
     def report(self, metrics: dict, checkpoint_dir: Path | None = None) -> None:
         import ray.train  # see __init__
 
-        # Every rank must call report (it is collective in Train V2); only rank 0 attaches a checkpoint.
-        ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir and self.rank == 0 else None
+        # Every rank must call report (it is collective in Train V2); only the writer passes a checkpoint.
+        ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=ckpt)
+
+
+def materialise(files) -> None:
+    """Write the driver's input files (``{absolute path: bytes}``, an object-store reference under Ray)
+    where this worker expects them, unless this node already has them (the driver's node)."""
+    if files is None:
+        return
+    import ray  # deferred: only Ray Train workers receive files
+
+    for path, data in ray.get(files).items():
+        target = Path(path)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+
+
+def writer_rank(workers: list[dict], driver_node: str | None) -> int:
+    """The lowest rank on the driver's node, else rank 0."""
+    on_driver = [w["rank"] for w in workers if driver_node and w.get("node_id") == driver_node]
+    return min(on_driver) if on_driver else 0
 
 
 def fingerprint(params: FinetuneParams, init_file: Path, dataset_sha: str, world: int) -> str:
@@ -122,9 +147,11 @@ def _set_frozen(model, frozen: bool) -> None:
 
 
 def train_worker(cfg: dict, session=None) -> dict:
-    """Fine-tune per ``cfg`` (plain data: picklable for Ray); rank 0 writes the outputs."""
+    """Fine-tune per ``cfg`` (plain data: picklable for Ray); the writer (see the module docstring)
+    writes the outputs."""
     entered = time.time()  # wall clock, comparable with the driver's: Ray Train's start-up ends here
     session = session or RaySession()
+    materialise(cfg.get("files"))
     p = FinetuneParams.model_validate(cfg["params"])
     set_threads(cfg["threads"])
     device = session.device
@@ -149,18 +176,21 @@ def train_worker(cfg: dict, session=None) -> dict:
     fp = fingerprint(p, Path(cfg["init_file"]), ds.meta.get("sha256", ""), session.world)
     ckdir = out / "checkpoints"
     step, start_epoch, skip, history, running = 0, 0, 0, [], None
-    state = latest_checkpoint(ckdir, fp) if cfg.get("resume", True) and session.rank == 0 else None
     workers = [session.node()]
     if session.world > 1:
-        # Only rank 0's node is sure to have the checkpoint folder; every rank must resume from the same state.
         import torch.distributed as dist  # deferred: only multi-worker runs use it
 
-        box = [state]
-        dist.broadcast_object_list(box, src=0)
-        state = box[0]
         gathered: list = [None] * session.world
-        dist.all_gather_object(gathered, workers[0])  # rank 0 records where every worker ran
+        dist.all_gather_object(gathered, workers[0])  # the writer records where every worker ran
         workers = gathered
+    writer = writer_rank(workers, cfg.get("driver_node"))
+    is_writer = session.rank == writer
+    state = latest_checkpoint(ckdir, fp) if cfg.get("resume", True) and is_writer else None
+    if session.world > 1:
+        # Only the writer's node has the checkpoint folder; every rank must resume from the same state.
+        box = [state]
+        dist.broadcast_object_list(box, src=writer)
+        state = box[0]
     if state:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -208,7 +238,7 @@ def train_worker(cfg: dict, session=None) -> dict:
             opt.zero_grad(set_to_none=True)
             step += 1
             at_limit = p.max_steps is not None and step >= p.max_steps
-            if session.rank == 0 and (step % p.checkpoint_every == 0 or at_limit):
+            if is_writer and (step % p.checkpoint_every == 0 or at_limit):
                 stats["seconds"] += time.perf_counter() - tick
                 tick = time.perf_counter()
                 last_saved = _save_checkpoint(ckdir, snapshot(epoch, i + 1, dict(stats)), p.keep_checkpoints)
@@ -233,15 +263,15 @@ def train_worker(cfg: dict, session=None) -> dict:
                         "val_loss": v["loss"], "val_acc": v["acc"],
                         "frozen": frozen, "steps": step, "seconds": stats["seconds"],
                         "samples_per_s": seen / stats["seconds"] if stats["seconds"] else None})
-        if session.rank == 0:
+        if is_writer:
             progress.report(epoch + 1, p.epochs, {"val_acc": v["acc"], "train_loss": history[-1]["train_loss"]})
         session.report({k: x for k, x in history[-1].items() if x is not None})
-    if session.rank == 0 and not stopped and (last_saved is None or step % p.checkpoint_every):
+    if is_writer and not stopped and (last_saved is None or step % p.checkpoint_every):
         _save_checkpoint(ckdir, snapshot(p.epochs, 0, None), p.keep_checkpoints)
     result = {"steps": step, "stopped_early": stopped, "history": history, "world": session.world,
               "device": str(device), "autocast": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
-              "entered_at": entered, "workers": workers}
-    if session.rank == 0:
+              "entered_at": entered, "workers": workers, "writer": writer}
+    if is_writer:
         model_dir = out / "model"
         save_model(model_dir / MODEL_FILE, model, config, task="finetune", steps=step, complete=not stopped,
                    dataset_sha=ds.meta.get("sha256"), class_names=ds.meta.get("class_names"))
@@ -250,7 +280,7 @@ def train_worker(cfg: dict, session=None) -> dict:
         run_summary = {k: v for k, v in result.items() if k != "history"}
         run_summary["left_at"] = time.time()  # what Ray Train adds after the loop is measured from here
         (out / "history" / "run.json").write_text(json.dumps(run_summary, indent=2))
-    # The final model also goes to Ray Train's storage, which is what reaches the driver when rank 0 runs
-    # on another node.
-    session.report({"done": 1, "steps": step}, checkpoint_dir=out / "model")
+    # The final model also goes to Ray Train's storage, which is what reaches the driver when no worker
+    # runs on its node.
+    session.report({"done": 1, "steps": step}, checkpoint_dir=out / "model" if is_writer else None)
     return result

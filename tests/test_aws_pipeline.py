@@ -72,7 +72,9 @@ class StandInAws(AwsProvider):
 def _aws(store, pipeline, remote_cluster) -> AwsProvider:
     """The AWS provider on moto, its heads reached at the stand-in Ray cluster."""
     settings = AwsSettings.from_cloud(pipeline.cloud, versions=VERSIONS, host="laptop", poll_interval=0.01)
+    # The stand-in is one Ray node standing for every node of the cluster: all of them have joined.
     return StandInAws.from_cloud(pipeline.cloud, store, settings=settings, connector=RayStandIn(remote_cluster),
+                                 node_count=lambda address, token: pipeline.cloud.max_instances,
                                  sleep=lambda s: None)
 
 
@@ -80,7 +82,7 @@ def _run(store, path, ray_node, remote_cluster, on_acquired=None, heartbeat_seco
     pipeline = load_pipeline(path)
     provider = _aws(store, pipeline, remote_cluster)
     plan = make_plan(pipeline, load_profile_file(PROFILE))
-    assert plan.placements["double"].provider == "aws"
+    assert any(p.provider == "aws" for p in plan.placements.values())
     runner = Runner(store, pipeline, path, providers={"local": ray_node, "aws": provider}, plan=plan,
                     options=RunOptions(), on_cluster_acquired=on_acquired, heartbeat_seconds=heartbeat_seconds)
     return runner.run()
@@ -164,6 +166,41 @@ def test_spot_interruption_reruns_the_stage_on_a_fresh_cluster(store, write_pipe
 
     JobSubmissionClient(remote_cluster.address, headers=remote_cluster.auth_headers()).stop_job(
         f"lhorch-{result.run_id}-double-1")
+
+
+def test_a_stage_failing_because_a_worker_node_died_retries_on_a_fresh_cluster(store, write_pipeline, ray_node,
+                                                                               remote_cluster, aws):
+    """A two-node stage whose worker node goes away fails at once (its partner is gone), long before
+    the next heartbeat: the failed attempt is put down to the lost node, the cluster torn down and the
+    retry run on a fresh two-node cluster, not on what is left of the old one."""
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    acquired: list[list[str]] = []
+
+    def lose_worker(cluster):
+        if cluster.provider == "aws":
+            acquired.append(list(cluster.instance_ids))
+            if len(acquired) == 1:
+                ec2.terminate_instances(InstanceIds=cluster.instance_ids[1:])
+
+    path = write_pipeline("""\
+        name: aws-two-nodes
+        cloud: {provider: aws, region: us-east-1, spot: false, instance_types: [c6i.xlarge], idle_minutes: 5}
+        stages:
+          train:
+            placement: cloud
+            retries: 1
+            resources: {nodes: 2}
+            run: |
+              if [ "$LHORCH_ATTEMPT" = 1 ]; then echo "my partner is gone"; exit 1; fi
+              echo "attempt $LHORCH_ATTEMPT on $LHORCH_NODES nodes"
+        """)
+    result = _run(store, path, ray_node, remote_cluster, on_acquired=lose_worker, heartbeat_seconds=600)
+    assert result.status == "succeeded", result.message
+    attempts = store.attempts(result.run_id, "train")
+    assert [a["status"] for a in attempts] == ["failed", "succeeded"]
+    assert "cluster lost" in attempts[0]["error"] and "no longer running" in attempts[0]["error"], attempts[0]
+    assert len(acquired) == 2 and not set(acquired[0]) & set(acquired[1]) and len(acquired[1]) == 2
+    assert _lhorch_left(ec2) == ([], [], [])
 
 
 class FastClock:

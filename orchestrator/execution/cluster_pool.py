@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from lhorch.orchestrator.budget.guard import BudgetGuard
 from lhorch.orchestrator.core.cluster import Cluster, ClusterRequest
-from lhorch.orchestrator.core.errors import LhorchError
+from lhorch.orchestrator.core.errors import ClusterUnreachable, LhorchError
 from lhorch.orchestrator.core.plan import Offer, Plan
 from lhorch.orchestrator.core.spec import Pipeline
 from lhorch.orchestrator.execution.heartbeat import Heartbeats
@@ -170,6 +170,23 @@ class ClusterPool:
         # A cloud cluster goes as soon as its last stage is done: idle cloud time is the user's money.
         if not target.unfinished and not target.local:
             self.release(target)
+
+    def check_intact(self, target: Target) -> bool:
+        """Whether the target's cloud cluster still has all its nodes (asked of the provider now, not at
+        the next heartbeat); marks it ``lost`` when not. A failed attempt asks this before its retry: a
+        worker node that died takes the stage down with it, and a retry on the rest would run short."""
+        if target.lost:
+            return False
+        if target.cluster is None or not isinstance(target.provider, HeartbeatingProvider):
+            return True
+        try:
+            target.provider.heartbeat(target.cluster)
+        except ClusterUnreachable as exc:
+            target.lost = str(exc)
+            return False
+        except Exception:  # noqa: BLE001 - a failed check-in is not a lost node; the heartbeat retries it
+            return True
+        return True
 
     def forget_lost(self, target: Target) -> str:
         """The target's cluster went away (e.g. a spot interruption): tear down its remains and forget

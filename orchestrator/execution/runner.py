@@ -263,6 +263,10 @@ class Runner:
                 target.lost = target.lost or str(exc)
                 self._cluster_lost(target)
                 continue
+            if (state.status is JobStatus.FAILED and target.cluster is not None and target.cluster.remote
+                    and not self.pool.check_intact(target)):
+                self._cluster_lost(target)  # the stage failed because a node went away: retry on a fresh cluster
+                continue
             # One that notifies is asked every time round (a look at a table); others when due.
             run.next_poll = 0.0 if run.jobs.notifies else now + run.jobs.poll_interval(now - run.started)
             if state.terminal:

@@ -64,6 +64,9 @@ for d in etc opt root usr/local; do
   mkdir -p "$NODE/fs/$key/upper" "$NODE/fs/$key/work"
   mount -t overlay overlay -o "lowerdir=/$d,upperdir=$NODE/fs/$key/upper,workdir=$NODE/fs/$key/work" "/$d"
 done
+# The VPC's DNS resolves an instance's own name (ip-a-b-c-d) to its private address: distributed
+# training (gloo) binds to the address its hostname resolves to.
+echo "$(cat "$NODE/private-ip") $(hostname)" >> /etc/hosts
 mkdir -p "$NODE/fs/tmp" "$NODE/fs/log"
 chmod 1777 "$NODE/fs/tmp"
 mount --bind "$NODE/fs/log" /var/log
