@@ -73,7 +73,7 @@ TWO_NODES = """\
         retries: 1
         resources: {nodes: 2, cpus: 1, memory_gb: 1}
         hints: {checkpoint_minutes: 0.02}
-        with: {epochs: 60, num_workers: 2, engine: ray, batch_size: 16, checkpoint_every: 20, freeze_epochs: 0,
+        with: {epochs: 30, num_workers: 2, engine: ray, batch_size: 16, checkpoint_every: 20, freeze_epochs: 0,
                seed: 0}
     """
 
