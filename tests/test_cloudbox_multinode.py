@@ -83,6 +83,7 @@ def _logs(home) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # two clusters boot one after the other on 2 shared cores
 def test_two_node_finetune_survives_losing_its_worker(cloudbox, tmp_path):
     """jobs.finetune with a Ray Train worker on each of two nodes. The first cluster's worker node is
     taken away mid-training: the attempt fails, that cluster is torn down, and the retry starts a fresh

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import threading
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from lhorch.orchestrator.core.policy_name import PolicyName
 from lhorch.orchestrator.core.status import RunStatus
 from lhorch.orchestrator.execution.pipeline_run import execute
 from lhorch.orchestrator.pipeline.loader import load_pipeline
+from lhorch.orchestrator.report.background import DRAWING_NOTE, draw_in_background
 from lhorch.orchestrator.report.build import write_report
 from lhorch.orchestrator.state.store import Store
 
@@ -63,9 +63,6 @@ def run(file: Path | None, resume: str | None, fresh: bool, new: bool, no_cache:
     # SIGTERM is handled like Ctrl-C: stop the stages, release every cluster, keep what finished; once
     # stopping, further interrupts wait for the teardown to end (core/interrupts.py).
     interrupts.install()
-    # The report at the end draws with matplotlib, whose import is most of its cost (~1-2 s): done
-    # while the stages run, it is off the run's critical path (issue 18).
-    threading.Thread(target=_import_plotting, daemon=True, name="lhorch-report-imports").start()
     try:
         with _cloud_errors(pipeline.cloud.provider):
             result = execute(store, pipeline, file, resume=resume, fresh=fresh, policy=policy, keep_ray=keep_ray,
@@ -83,20 +80,12 @@ def run(file: Path | None, resume: str | None, fresh: bool, new: bool, no_cache:
         _print_summary(store, result.run_id)
         if report:
             console().print(f"Report: {report}")
+    if report:
+        _draw_later(store, result.run_id)
     if result.status == RunStatus.BUDGET_EXCEEDED:
         sys.exit(EXIT_BUDGET)
     if not result.ok:
         sys.exit(EXIT_STAGE_FAILED)
-
-
-def _import_plotting() -> None:
-    try:
-        import matplotlib  # deferred: seconds to import, and only the report at the end of the run draws
-
-        matplotlib.use("Agg")  # as the report does (report/figures.py): no display
-        import matplotlib.pyplot  # noqa: F401 - deferred, as above: imported ahead of the report only
-    except Exception:  # noqa: BLE001 - only a head start: the report imports it again, and says what fails
-        _log.debug("could not import matplotlib ahead of the report", exc_info=True)
 
 
 def _cloud_errors(provider: str) -> AbstractContextManager[None]:
@@ -124,14 +113,25 @@ def _interrupted_message(exc: KeyboardInterrupt) -> str:
 
 
 def _write_report(store: Store, run_id: str) -> Path | None:
-    """The run's HTML report (a few seconds at most); a report that cannot be written never fails the
-    run: the problem is logged and one warning line printed."""
+    """The run's HTML report, without its figures yet (tens of milliseconds; `_draw_later` draws them). A
+    report that cannot be written never fails the run: the problem is logged and one warning line printed."""
     try:
-        return write_report(store, run_id)
+        return write_report(store, run_id, draw=False, note=DRAWING_NOTE)
     except Exception as exc:  # noqa: BLE001 - the run's outcome stands whatever the report runs into
         _log.warning("could not write the report of %s", run_id, exc_info=True)
         click.echo(f"warning: could not write the report: {exc} (`lhorch report {run_id}` retries)", err=True)
         return None
+
+
+def _draw_later(store: Store, run_id: str) -> None:
+    """The report's figures, drawn by a detached process once the summary is out (matplotlib: ~1-2 s
+    that the user no longer waits for, issue 18; report/background.py). It replaces the page when done."""
+    try:
+        draw_in_background(store, run_id)
+    except OSError as exc:  # the page is there; only its figures are missing
+        _log.warning("could not start drawing the report of %s", run_id, exc_info=True)
+        click.echo(f"warning: could not draw the report's figures: {exc} (`lhorch report {run_id}` draws them)",
+                   err=True)
 
 
 def _print_summary(store: Store, run_id: str) -> None:

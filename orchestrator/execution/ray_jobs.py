@@ -14,8 +14,6 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import requests
-
 from lhorch.orchestrator.core.cluster import Cluster
 from lhorch.orchestrator.core.errors import ClusterUnreachable
 from lhorch.orchestrator.core.status import JobStatus
@@ -130,6 +128,9 @@ class RayJobs:
 
 
 def _is_connection_error(exc: Exception) -> bool:
+    # Deferred: ~90 ms to import, on every `lhorch run`'s start otherwise; Ray's job client has loaded it here.
+    import requests
+
     if isinstance(exc, (ConnectionError, TimeoutError,
                         requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
         return True

@@ -8,8 +8,12 @@ are shown from that file rather than drawn again.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -146,23 +150,47 @@ def _figures(view: RunView, history_rows: list[RunRow], folder: Path, now: datet
     return made
 
 
-def write_report(store: Store, run_id: str, now: datetime | None = None) -> Path:
-    """Write ``<run folder>/report.html`` and ``<run folder>/report/*.png``; returns the HTML's path."""
+def write_report(store: Store, run_id: str, now: datetime | None = None, *, draw: bool = True,
+                 note: str | None = None) -> Path:
+    """Write ``<run folder>/report.html`` and ``<run folder>/report/*.png``; returns the HTML's path.
+
+    ``draw=False`` writes the page alone, at once (tens of milliseconds: no matplotlib), with ``note``
+    where the figures go; the figures already in the folder are left as they are. `lhorch run` writes
+    that, then draws the figures in the background (report/background.py)."""
     now = now or utcnow()
     view = run_view(store, run_id, now)
     if view is None:
         raise NotFoundError(f"no run {run_id!r}", hint="`lhorch runs` lists the runs.")
-    folder = view.run_dir / "report"
-    if folder.exists():
-        shutil.rmtree(folder)  # figures of an earlier report of this run (a stage may since have gone)
-    folder.mkdir(parents=True)
     # Runs created up to this one: a report written later still shows the history as of its run.
     history_rows = [r for r in run_rows(store, view.pipeline, HISTORY_RUNS * 3)
                     if r.created_at <= (view.created_at.isoformat() if view.created_at else r.created_at)]
     history_rows = history_rows[:HISTORY_RUNS]
-    made = _figures(view, history_rows, folder, now)
     path = view.run_dir / "report.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(html.render(view, made, history_rows, figures.place_colours(view.stages), now))
-    tmp.replace(path)
+    with _writing(view.run_dir, draw):
+        made: list[Figure] = []
+        if draw:
+            folder = view.run_dir / "report"
+            if folder.exists():
+                shutil.rmtree(folder)  # figures of an earlier report of this run (a stage may since have gone)
+            folder.mkdir(parents=True)
+            made = _figures(view, history_rows, folder, now)
+        tmp = path.with_name(f".report.{os.getpid()}.html.tmp")
+        tmp.write_text(html.render(view, made, history_rows, figures.place_colours(view.stages), now, note=note))
+        tmp.replace(path)
     return path
+
+
+@contextmanager
+def _writing(run_dir: Path, exclusive: bool) -> Iterator[None]:
+    """One drawing writer of a run's report at a time (a background writer and `lhorch report` may
+    meet): the figures folder is emptied and refilled under this lock. The page alone takes none."""
+    if not exclusive:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".report.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -112,7 +112,9 @@ def _history_table(rows: list[RunRow], current: str) -> str:
     return f"<table id='history'>{head}{body}</table>"
 
 
-def render(view: RunView, figs: list[Figure], history: list[RunRow], colours: dict[str, str], now: datetime) -> str:
+def render(view: RunView, figs: list[Figure], history: list[RunRow], colours: dict[str, str], now: datetime, *,
+           note: str | None = None) -> str:
+    """The page; ``note`` stands where the figures go when there are none yet (being drawn, or could not be)."""
     by_kind: dict[str, list[Figure]] = {}
     for f in figs:
         by_kind.setdefault(f.kind, []).append(f)
@@ -143,7 +145,9 @@ def render(view: RunView, figs: list[Figure], history: list[RunRow], colours: di
         parts.append("<p class='sub'>Ray dashboards while the run's clusters were up: " + ", ".join(
             f"{escape(k)} <code>{escape(v)}</code>" for k, v in view.dashboards.items()) + "</p>")
     parts.append("<h2>Timeline</h2>")
-    parts += [_img(f) for f in by_kind.get("timeline", [])] or ["<p class='sub'>No stage started.</p>"]
+    if note:
+        parts.append(f"<p class='sub' id='figures-note'>{escape(note)}</p>")
+    parts += [_img(f) for f in by_kind.get("timeline", [])] or ([] if note else ["<p class='sub'>No stage started.</p>"])
     parts += ["<h2>Stages</h2>", _stages_table(view, colours),
               "<p class='sub'>★ critical path: the chain of stages that set the run's length.</p>"]
     model = _metrics_table(view)
