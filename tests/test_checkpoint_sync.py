@@ -75,3 +75,18 @@ def test_no_checkpoints_folder_sends_nothing(aws, tmp_path):  # noqa: F811
     time.sleep(0.3)
     sync.stop()
     assert s3.list_objects_v2(Bucket="art").get("KeyCount", 0) == 0
+
+
+def test_a_send_is_of_the_folder_as_it_was_whatever_the_stage_deletes_meanwhile(tmp_path):
+    """The stage keeps only its newest checkpoints: one deleted while a send is under way must neither
+    fail the send nor vanish from it: the send reads hard links made at its start."""
+    out = tmp_path / "outputs"
+    (out / "checkpoints").mkdir(parents=True)
+    for step in (7, 14):
+        (out / "checkpoints" / f"step-{step}.pt").write_bytes(b"x" * step)
+    sync = _CheckpointSync(RemoteArtifacts(output_uri="s3://art/o/"), out, every=60)
+    scratch, held = sync._linked_copy()
+    (out / "checkpoints" / "step-7.pt").unlink()  # the stage prunes its older checkpoint mid-send
+    assert [name for name, _, _ in held] == ["step-14.pt", "step-7.pt"]
+    assert (scratch / "step-7.pt").read_bytes() == b"x" * 7
+    assert scratch.parent == tmp_path and not (out / scratch.name).exists()  # beside the outputs, not in them

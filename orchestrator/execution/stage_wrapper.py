@@ -126,20 +126,39 @@ class _CheckpointSync:
         self._done.set()
         self._thread.join(timeout=60)  # a send under way finishes; the end of the attempt sends the rest
 
-    def _snapshot(self) -> tuple:
-        files = (p for p in self.folder.rglob("*") if p.is_file()) if self.folder.is_dir() else ()
-        return tuple(sorted((str(p.relative_to(self.folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    def _linked_copy(self) -> tuple[Path, tuple]:
+        """The folder as it is now, hard-linked into a scratch folder beside the outputs, and what it
+        holds (name, size, mtime): the stage deletes old checkpoints as it writes new ones, and a file
+        gone half-way through a send must not spoil the send."""
+        scratch = Path(tempfile.mkdtemp(prefix=".checkpoints-sending-", dir=self.folder.parent.parent))
+        held = []
+        for path in (self.folder.rglob("*") if self.folder.is_dir() else ()):
+            rel = path.relative_to(self.folder)
+            try:
+                if not path.is_file():
+                    continue
+                (scratch / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.link(path, scratch / rel)
+            except FileNotFoundError:
+                continue  # deleted between listing and linking: it was not among the latest anyway
+            stat = (scratch / rel).stat()
+            held.append((str(rel), stat.st_size, stat.st_mtime_ns))
+        return scratch, tuple(sorted(held))
 
     def _loop(self) -> None:
         while not self._done.wait(self.every):
+            scratch = None
             try:
-                snapshot = self._snapshot()
+                scratch, snapshot = self._linked_copy()
                 if snapshot and snapshot != self._sent:
-                    _store(self.uri).put(self.folder, self.uri)
+                    _store(self.uri).put(scratch, self.uri)
                     self._sent = snapshot
                     print(f"[lhorch] checkpoints sent ({len(snapshot)} files)", flush=True)
             except Exception as exc:  # noqa: BLE001 - the next round tries again; the stage goes on
                 print(f"[lhorch] could not send checkpoints ({type(exc).__name__}: {exc})", flush=True)
+            finally:
+                if scratch is not None:
+                    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _wait(child: subprocess.Popen, timeout: float | None, owner: int) -> int:
