@@ -4,7 +4,9 @@ A thread samples the tree under a pid (and every process in the sessions of Ray 
 which leave the tree) every ``interval`` seconds and keeps each process's latest user+system time
 (its own, not its children's). What a process spends after its last sample is missed: at most one
 interval of each, so short-lived processes are under-counted by a little.
-- lhorch: the `lhorch` process and the stage wrappers (lhorch's own code around each stage);
+- lhorch: the `lhorch` process, its fork server and the stage wrappers (lhorch's own code around each
+  stage; a forked wrapper bears the fork server's command line), and the report's writer, which
+  `lhorch run` leaves drawing when it exits (``follow`` waits for it and counts it);
 - ray: the Ray head's guardian, `ray start`, the GCS, raylet, dashboard and Ray's workers;
 - stages: what the wrappers run (the jobs themselves), and a direct run's processes.
 """
@@ -13,10 +15,13 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import psutil
 
 WRAPPER = "lhorch.orchestrator.execution.stage_wrapper"
+REPORT_WRITER = "lhorch.orchestrator.report.background"
+LHORCH_MARKS = (WRAPPER, "lhorch.providers.forkserver", REPORT_WRITER)
 RAY_MARKS = ("raylet", "gcs_server", "ray.scripts.scripts", "lhorch.providers.ray_head", "ray::", "dashboard",
              "default_worker.py", "runtime_env", "log_monitor", "monitor.py", "ray/_private")
 
@@ -36,6 +41,29 @@ class CpuSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+    def follow(self, *marks: str, timeout: float = 120.0) -> tuple[float, float]:
+        """After the tree has ended: wait for the processes it left running whose command line holds every
+        one of ``marks`` (the report's writer), counting their CPU as lhorch's; returns the seconds waited
+        and their CPU-seconds."""
+        started, followed = time.monotonic(), set()
+        while time.monotonic() - started < timeout:
+            left = []
+            for proc in psutil.process_iter():
+                try:
+                    cmd = " ".join(proc.cmdline())
+                    if all(mark in cmd for mark in marks) and proc.status() != psutil.STATUS_ZOMBIE:
+                        times = proc.cpu_times()
+                        key = (proc.pid, proc.create_time())
+                        self.seen[key] = ("lhorch", times.user + times.system)
+                        followed.add(key)
+                        left.append(proc)
+                except psutil.Error:
+                    continue
+            if not left:
+                break
+            time.sleep(self.interval / 4)
+        return time.monotonic() - started, sum(self.seen[k][1] for k in followed)
 
     def totals(self) -> dict[str, float]:
         out = {"lhorch": 0.0, "ray": 0.0, "stages": 0.0}
@@ -85,6 +113,6 @@ class CpuSampler:
         cmd = " ".join(proc.cmdline())
         if any(mark in cmd for mark in RAY_MARKS):
             return "ray"
-        if proc.pid == root.pid or WRAPPER in cmd:
+        if proc.pid == root.pid or any(mark in cmd for mark in LHORCH_MARKS):
             return "lhorch" if "lhorch" in root_cmd else "stages"
         return "stages"

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lhorch.orchestrator.core.status import JobStatus
+from lhorch.providers import forkserver
 from lhorch.providers.dispatch import JobState, StageJob
 
 GRACE_S = 5.0  # from SIGTERM to SIGKILL when an attempt is stopped
@@ -320,9 +321,7 @@ class _ForkServer:
 
     def __init__(self, preload: str, on_reply: Callable[[dict], None], on_gone: Callable[[], None]):
         self._on_reply, self._on_gone = on_reply, on_gone
-        self._proc = subprocess.Popen([sys.executable, "-m", "lhorch.providers.forkserver", "--preload", preload],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                      start_new_session=True, text=True, bufsize=1)
+        self._proc = forkserver.take(preload)  # `lhorch run` starts one while it loads (cli/__init__.py)
         self._write = threading.Lock()
         threading.Thread(target=self._read, daemon=True, name="lhorch-forkserver").start()
 

@@ -36,12 +36,17 @@ print(json.dumps({"code": code, "modules": sorted(sys.modules)}), file=sys.stder
 """
 
 
-def imported_by(args: list[str], home: Path) -> set[str]:
-    out = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, timeout=120,
-                         env={"PATH": "/usr/bin:/bin", "LHORCH_HOME": str(home), "HOME": str(home)})
+def probe(args: list[str], env: dict[str, str]) -> tuple[set[str], subprocess.CompletedProcess]:
+    """Run the CLI with ``args`` in a fresh interpreter, which must succeed: the modules it imported,
+    and the process (its stdout is the command's)."""
+    out = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, timeout=120, env=env)
     result = json.loads(out.stderr.strip().splitlines()[-1])
     assert result["code"] in (0, None), out.stdout + out.stderr
-    return set(result["modules"])
+    return set(result["modules"]), out
+
+
+def imported_by(args: list[str], home: Path) -> set[str]:
+    return probe(args, {"PATH": "/usr/bin:/bin", "LHORCH_HOME": str(home), "HOME": str(home)})[0]
 
 
 def loaded(modules: set[str], names: tuple[str, ...]) -> list[str]:

@@ -372,6 +372,33 @@ def test_python_stages_are_forked_from_a_warm_server_and_run_without_it_if_it_di
         d.close()
 
 
+def test_lhorch_run_starts_its_fork_server_ahead_and_its_stages_take_that_one():
+    from lhorch.orchestrator.cli import STAGE_WRAPPER
+    from lhorch.orchestrator.execution.launch import WRAPPER_MODULE
+    from lhorch.providers import forkserver
+
+    assert STAGE_WRAPPER == WRAPPER_MODULE  # what `lhorch run` starts ahead is what its stages preload
+    forkserver.prestart("json")
+    ahead = forkserver._spares["json"]
+    assert forkserver.take("json") is ahead  # taken, not started again
+    forkserver.prestart("json")
+    dead = forkserver._spares["json"]
+    dead.kill()
+    dead.wait(timeout=10)
+    fresh = forkserver.take("json")  # one that died meanwhile is not handed out
+    assert fresh is not dead and fresh.poll() is None
+    forkserver.prestart("json")
+    unused = forkserver._spares.pop("json")
+    for proc in (ahead, fresh, unused):  # one nobody took ends when its input closes, as when lhorch is killed
+        assert proc.stdin is not None
+        proc.stdin.close()
+        assert proc.wait(timeout=20) == 0
+    forkserver.prestart("json")
+    left = forkserver._spares["json"]
+    forkserver._end_spares()  # at lhorch's exit (atexit): one nobody took goes at once
+    assert left.poll() is not None and forkserver._spares == {}
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_lhorch_down_local_stops_a_kept_head_at_once(tmp_path, monkeypatch):

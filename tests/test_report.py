@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
+import time
 from datetime import timedelta
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from report_fixture import ACTUAL, ATTEMPTS, ESTIMATES, T0, finished_run
+from test_cli_imports import probe
 
 from lhorch.orchestrator.cli import main
 from lhorch.orchestrator.execution.runner import Runner, RunOptions
 from lhorch.orchestrator.pipeline.loader import load_pipeline
+from lhorch.orchestrator.report import background, figures
 from lhorch.orchestrator.report import html as report_html
+from lhorch.orchestrator.report.background import DRAWING_NOTE, draw_in_background
 from lhorch.orchestrator.report.build import find_series, write_report
 from lhorch.orchestrator.report.view import critical_path, run_view
 from lhorch.orchestrator.state import ledger
@@ -171,6 +177,69 @@ def test_a_report_that_fails_never_fails_the_run(store, monkeypatch, capsys):
     monkeypatch.setattr(cli_run, "write_report", broken)
     assert cli_run._write_report(store, "any-run") is None
     assert "could not write the report: disk full" in capsys.readouterr().err
+
+
+def test_the_page_comes_at_once_and_a_background_writer_draws_its_figures(store):
+    run_id = finished_run(store)
+    page = write_report(store, run_id, draw=False, note=DRAWING_NOTE)
+    assert DRAWING_NOTE in page.read_text() and page_of(page).images == []
+    assert stage_rows(page_of(page)).keys() == ATTEMPTS.keys()  # the tables are all there already
+    assert not (page.parent / "report").exists()
+    assert draw_in_background(store, run_id).wait(timeout=120) == 0
+    drawn = page_of(page)
+    assert DRAWING_NOTE not in page.read_text() and len(drawn.images) == 4
+    assert len(list((page.parent / "report").glob("*.png"))) == 4
+
+
+def test_figures_that_cannot_be_drawn_say_so_on_the_page(store, monkeypatch):
+    run_id = finished_run(store)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(figures, "timeline", broken)
+    assert background.main([run_id, "--home", str(store.home)]) == 1
+    text = (store.runs_dir(run_id) / "report.html").read_text()
+    assert "could not be drawn (no fonts)" in text and f"lhorch report {run_id}" in text
+    assert "RuntimeError: no fonts" in (store.runs_dir(run_id) / "report.log").read_text()
+
+
+def _writers(home: Path) -> list[str]:
+    """Report writers of this home still running."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if background.MODULE in cmd and str(home) in cmd and state != "Z":
+            found.append(cmd)
+    return found
+
+
+
+
+def test_lhorch_run_leaves_the_drawing_to_a_process_that_ends_with_it(write_pipeline, home, tmp_path):
+    path = write_pipeline("""\
+        name: quick
+        stages:
+          a:
+            run: echo a
+        """)
+    env = dict(os.environ, LHORCH_HOME=str(home),
+               LHORCH_PROFILE=str(Path(__file__).parent / "fixtures" / "profiles" / "cpu_4core.json"))
+    modules, out = probe(["run", str(path), "--json"], env)
+    # The run drew nothing itself (matplotlib and numpy are the report's), and it imported no SDK it did not use.
+    assert not [m for m in modules if m.split(".")[0] in ("matplotlib", "numpy", "ray", "requests")]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    page = Path(result["report"])
+    assert page.exists()  # the page was there when the run returned, its figures following
+    deadline = time.monotonic() + 60
+    while (_writers(home) or DRAWING_NOTE in page.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert DRAWING_NOTE not in page.read_text() and len(page_of(page).images) == 1  # the timeline
+    assert _writers(home) == []  # and its writer ended with the drawing
 
 
 # --- real runs on the session's Ray node ---------------------------------------------------------

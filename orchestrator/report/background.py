@@ -14,6 +14,7 @@ of the run's terminal or pipes. Should drawing fail, the page says so, the trace
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from lhorch.orchestrator.report.build import write_report
 from lhorch.orchestrator.state.store import Store
 
 DRAWING_NOTE = "The figures are being drawn; reload this page in a moment."
-MODULE = __name__  # what the bench looks for to wait for a report being drawn
+MODULE = "lhorch.orchestrator.report.background"  # run as `python -m`; the bench looks for it too
 
 
 def draw_in_background(store: Store, run_id: str) -> subprocess.Popen:
@@ -41,15 +42,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_id")
     parser.add_argument("--home", type=Path, required=True)
     args = parser.parse_args(argv)
+    # A process of a second or two: collecting its garbage (matplotlib's import, the figures) before it
+    # exits is wasted work, ~0.1 CPU-second of it.
+    enabled = gc.isenabled()
+    gc.disable()
     store = Store(args.home)
     try:
-        write_report(store, args.run_id)
+        return _draw(store, args.run_id)
+    finally:
+        store.close()
+        if enabled:
+            gc.enable()
+
+
+def _draw(store: Store, run_id: str) -> int:
+    try:
+        write_report(store, run_id)
         return 0
     except Exception as exc:  # noqa: BLE001 - nobody is watching: the page and a log file say what happened
-        (store.runs_dir(args.run_id) / "report.log").write_text(traceback.format_exc())
+        (store.runs_dir(run_id) / "report.log").write_text(traceback.format_exc())
         try:
-            write_report(store, args.run_id, draw=False, note=f"The figures could not be drawn ({exc}); "
-                                                                 f"`lhorch report {args.run_id}` draws them again.")
+            write_report(store, run_id, draw=False, note=f"The figures could not be drawn ({exc}); "
+                                                         f"`lhorch report {run_id}` draws them again.")
         except Exception:  # noqa: BLE001 - the log above has the first error, which matters
             pass
         return 1

@@ -147,7 +147,8 @@ def render(view: RunView, figs: list[Figure], history: list[RunRow], colours: di
     parts.append("<h2>Timeline</h2>")
     if note:
         parts.append(f"<p class='sub' id='figures-note'>{escape(note)}</p>")
-    parts += [_img(f) for f in by_kind.get("timeline", [])] or ([] if note else ["<p class='sub'>No stage started.</p>"])
+    no_timeline = [] if note else ["<p class='sub'>No stage started.</p>"]
+    parts += [_img(f) for f in by_kind.get("timeline", [])] or no_timeline
     parts += ["<h2>Stages</h2>", _stages_table(view, colours),
               "<p class='sub'>★ critical path: the chain of stages that set the run's length.</p>"]
     model = _metrics_table(view)
