@@ -14,7 +14,7 @@ import sys
 import click
 
 from lhorch.orchestrator.core.errors import LhorchError
-from lhorch.orchestrator.core.version import __version__
+from lhorch.orchestrator.core.version import lhorch_version
 
 # Command name → "module:attribute" in this package.
 COMMANDS = {
@@ -102,8 +102,16 @@ class _LazyGroup(click.Group):
             sys.exit(exc.exit_code)
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, wanted: bool) -> None:
+    # click.version_option would read the version at import; every command would pay for it.
+    if wanted:
+        click.echo(f"lhorch, version {lhorch_version()}")
+        ctx.exit()
+
+
 @click.group(cls=_LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="lhorch")
+@click.option("--version", is_flag=True, is_eager=True, expose_value=False, callback=_print_version,
+              help="Show the version and exit.")
 @click.option("--debug", is_flag=True, help="Show stack traces for errors.")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from lhorch.jobs.index import find_job
 from lhorch.orchestrator.core.graph import ancestors
 from lhorch.orchestrator.core.spec import CacheSettings, Pipeline, Stage
-from lhorch.orchestrator.core.version import __version__
+from lhorch.orchestrator.core.version import lhorch_version
 
 CHUNK = 1 << 20
 
@@ -174,7 +174,7 @@ def code_digest(pipeline: Pipeline, name: str, base_dir: Path, skip: Sequence[Pa
     """What a stage runs, as one digest: its code files' names and contents for `run:`, lhorch's
     version for a built-in job."""
     if pipeline.stages[name].run is None:
-        return f"lhorch {__version__}"
+        return f"lhorch {lhorch_version()}"
     digest = hashlib.sha256()
     for rel, path in code_files(pipeline, name, base_dir, skip):
         digest.update(f"{rel}\0{sha256_path(path)[0]}\0".encode())

@@ -27,7 +27,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from lhorch.orchestrator.core.version import __version__
+from lhorch.orchestrator.core.version import lhorch_version
 
 # lhorch's top-level packages (pyproject's package list, all under the `lhorch` namespace).
 SHIPPED = ("jobs", "orchestrator", "policies", "providers")
@@ -113,7 +113,7 @@ def build(files: list[tuple[str, Path]]) -> tuple[str, bytes]:
     code_hash = hashlib.sha256()
     for arcname, data in contents:
         code_hash.update(arcname.encode() + b"\0" + hashlib.sha256(data).digest())
-    version = f"{__version__}+g{code_hash.hexdigest()[:12]}"
+    version = f"{lhorch_version()}+g{code_hash.hexdigest()[:12]}"
     info = f"lhorch-{version}.dist-info"
     contents += [
         (f"{info}/METADATA", _metadata(version).encode()),
