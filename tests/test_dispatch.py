@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import kill, marked, start_run, wait_gone, wait_started
 
 from lhorch.orchestrator.core.status import JobStatus
 from lhorch.orchestrator.execution.logs import shown
@@ -218,19 +219,6 @@ def test_plain_stages_start_no_ray_and_rays_lines_go_to_the_log_only(store, writ
     assert (RAY_LINE in reporter.lines) is verbose
 
 
-def _marked(marker: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if marker in cmd and _alive(int(entry.name)):
-                found.append(int(entry.name))
-    return found
-
-
 @pytest.mark.ray
 @pytest.mark.parametrize("presses", [1, 2])
 def test_ctrl_c_stops_a_local_stage_and_its_group(write_pipeline, home, tmp_path, presses):
@@ -252,13 +240,9 @@ def test_ctrl_c_stops_a_local_stage_and_its_group(write_pipeline, home, tmp_path
             run: python {script} {started} | cat
         """)
     env = dict(os.environ, LHORCH_HOME=str(home), LHORCH_LOCAL_CPUS="1")
-    proc = subprocess.Popen([sys.executable, "-c", "from lhorch.orchestrator.cli import main; main()", "run",
-                             str(path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_run(path, env)
     try:
-        deadline = time.monotonic() + 60
-        while not started.exists() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.1)
-        assert started.exists(), proc.stdout.read() if proc.poll() is not None else "the stage did not start"
+        wait_started(proc, started, 60)
         for _ in range(presses):
             proc.send_signal(signal.SIGINT)
             time.sleep(0.2)
@@ -267,10 +251,7 @@ def test_ctrl_c_stops_a_local_stage_and_its_group(write_pipeline, home, tmp_path
         assert "stopped train" in out
         if presses == 2:
             assert "the interrupt waits until that is done" in out
-        deadline = time.monotonic() + 10
-        while _marked(str(script)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert _marked(str(script)) == []  # the stage (and the `cat` of its pipe) went with the run
+        assert wait_gone(str(script), 10) == []  # the stage (and the `cat` of its pipe) went with the run
         store = Store(home)
         run = store.list_runs()[0]
         assert run["status"] == "interrupted"
@@ -279,8 +260,7 @@ def test_ctrl_c_stops_a_local_stage_and_its_group(write_pipeline, home, tmp_path
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
-        for pid in _marked(str(script)):
-            os.kill(pid, 9)
+        kill(marked(str(script)))
 
 
 class _Counting:

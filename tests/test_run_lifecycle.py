@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from processes import LHORCH, kill, marked, start_run, wait_gone, wait_started
 from test_runner import run_pipeline
 
 from lhorch.orchestrator.pipeline.loader import load_pipeline
@@ -20,40 +20,6 @@ from lhorch.orchestrator.state.run_lock import is_live, mark_gone_interrupted
 from lhorch.orchestrator.state.store import Store
 
 pytestmark = pytest.mark.ray
-LHORCH = [sys.executable, "-c", "from lhorch.orchestrator.cli import main; main()"]
-
-
-def _marked(marker: str) -> list[int]:
-    """Live processes whose command line names ``marker`` (only this test's stages do)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker in cmd and state not in ("Z", "X"):
-            found.append(int(entry.name))
-    return found
-
-
-def _wait_gone(marker: str, seconds: float) -> list[int]:
-    deadline = time.monotonic() + seconds
-    while (left := _marked(marker)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return left
-
-
-def _kill(pids: list[int]) -> None:
-    for pid in pids:  # only processes this test's own stages started
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 def _sleeper(tmp_path: Path, name: str) -> tuple[Path, str]:
     """A script that records its start and sleeps; its path is the marker of its processes."""
     script = tmp_path / f"{name}.py"
@@ -73,9 +39,9 @@ def test_timed_out_pipeline_leaves_no_process_behind(store, write_pipeline, ray_
     try:
         result = run_pipeline(store, path, ray_node)
         assert result.status == "failed"
-        assert _wait_gone(marker, 5) == []  # neither python nor tee outlives the timed-out attempt
+        assert wait_gone(marker, 5) == []  # neither python nor tee outlives the timed-out attempt
     finally:
-        _kill(_marked(marker))
+        kill(marked(marker))
 
 
 def test_run_commands_fail_when_a_piped_command_fails(store, write_pipeline, ray_node):
@@ -86,11 +52,6 @@ def test_run_commands_fail_when_a_piped_command_fails(store, write_pipeline, ray
             run: "false | cat"
         """)
     assert run_pipeline(store, path, ray_node).status == "failed"
-
-
-def _start_run(path: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
-    return subprocess.Popen([*LHORCH, "run", str(path), *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.mark.slow
@@ -104,16 +65,13 @@ def test_kill_9_of_lhorch_ends_the_stage_and_the_run_shows_interrupted(write_pip
             run: python {script} {started} | cat
         """)
     env = dict(os.environ, LHORCH_HOME=str(home), LHORCH_LOCAL_CPUS="1")
-    proc = _start_run(path, env, "--quiet")
+    proc = start_run(path, env, "--quiet")
     try:
-        deadline = time.monotonic() + 120
-        while not started.exists() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-        assert started.exists(), proc.stdout.read() if proc.poll() is not None else "stage did not start"
-        assert _marked(marker)
+        wait_started(proc, started, 120)
+        assert marked(marker)
         proc.kill()
         proc.wait(timeout=10)
-        assert _wait_gone(marker, 10) == []  # the stage went with lhorch, within 10 s
+        assert wait_gone(marker, 10) == []  # the stage went with lhorch, within 10 s
 
         out = subprocess.run([*LHORCH, "runs", "--json"], env=env, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stdout + out.stderr
@@ -122,7 +80,7 @@ def test_kill_9_of_lhorch_ends_the_stage_and_the_run_shows_interrupted(write_pip
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
-        _kill(_marked(marker))
+        kill(marked(marker))
 
 
 def test_a_run_whose_process_is_gone_is_interrupted_and_not_live(store, write_pipeline):
@@ -148,12 +106,12 @@ def test_two_runs_of_one_pipeline_at_once_get_their_own_run_ids(write_pipeline, 
             outputs: [out]
         """)
     env = dict(os.environ, LHORCH_HOME=str(home), LHORCH_LOCAL_CPUS="1")
-    first = _start_run(path, env, "--json")
+    first = start_run(path, env, "--json")
     try:
         deadline = time.monotonic() + 120
         while not list(tmp_path.glob("gate.*")) and time.monotonic() < deadline and first.poll() is None:
             time.sleep(0.2)
-        second = _start_run(path, env, "--json")
+        second = start_run(path, env, "--json")
         try:
             # The second starts its own run (it never adopts the live one); both finish once released.
             while len(list(tmp_path.glob("gate.*"))) < 2 and time.monotonic() < deadline and second.poll() is None:
