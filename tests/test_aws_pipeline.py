@@ -10,6 +10,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from hybrid import DOUBLE, hybrid_pipeline
 from pydantic import SecretStr
 
 from lhorch.orchestrator.execution.runner import Runner, RunOptions
@@ -38,27 +39,9 @@ class RayStandIn:
 
 
 def _pipeline(write_pipeline, first_attempt_sleep: int = 0):
-    return write_pipeline(f"""\
-        name: aws-hybrid
-        cloud: {{provider: aws, region: us-east-1, spot: false, instance_types: [c6i.xlarge], idle_minutes: 5}}
-        stages:
-          make:
-            run: echo 21 > $LHORCH_OUTPUT_DIR/n
-            outputs: [n]
-            placement: local
-          double:
-            needs: [make]
-            placement: cloud
-            retries: 1
-            run: |
-              if [ "$LHORCH_ATTEMPT" = 1 ]; then sleep {first_attempt_sleep}; fi
-              echo $(( $(cat $LHORCH_INPUT_N) * 2 )) > $LHORCH_OUTPUT_DIR/n2
-            outputs: [n2]
-          report:
-            needs: [double]
-            placement: local
-            run: echo "result=$(cat $LHORCH_INPUT_N2)"
-        """)
+    cloud = "cloud: {provider: aws, region: us-east-1, spot: false, instance_types: [c6i.xlarge], idle_minutes: 5}"
+    double = f'if [ "$LHORCH_ATTEMPT" = 1 ]; then sleep {first_attempt_sleep}; fi\n' + DOUBLE
+    return write_pipeline(hybrid_pipeline("aws-hybrid", cloud, double, retries=1))
 
 
 class StandInAws(AwsProvider):

@@ -15,6 +15,7 @@ import time
 import pytest
 from cloudbox.fixtures import cloudbox  # noqa: F401 - the session's box
 from cloudbox.laptop import LHORCH, NOTHING, instances, laptop, leftovers, lhorch, new_node, stage_log, start, write
+from hybrid import DOUBLE, hybrid_pipeline
 
 from lhorch.providers.aws.launch import EC2_MIN_BILLED_S
 
@@ -23,27 +24,9 @@ CLOUD = "cloud: {provider: aws, region: us-east-1, spot: false, instance_types: 
 
 
 def test_local_cloud_local_pipeline_on_a_box_node(cloudbox, tmp_path):
-    path = write(tmp_path, f"""\
-        name: box-hybrid
-        {CLOUD}, idle_minutes: 2}}
-        stages:
-          make:
-            run: echo 21 > $LHORCH_OUTPUT_DIR/n
-            outputs: [n]
-            placement: local
-          double:
-            needs: [make]
-            placement: cloud
-            run: |
-              echo "node address $(hostname -I)"
-              python -c "import sys; print('interpreter', sys.executable)"
-              echo $(( $(cat $LHORCH_INPUT_N) * 2 )) > $LHORCH_OUTPUT_DIR/n2
-            outputs: [n2]
-          report:
-            needs: [double]
-            placement: local
-            run: echo "result=$(cat $LHORCH_INPUT_N2)"
-        """)
+    double = ('echo "node address $(hostname -I)"\n'
+              'python -c "import sys; print(\'interpreter\', sys.executable)"\n' + DOUBLE)
+    path = write(tmp_path, hybrid_pipeline("box-hybrid", CLOUD + ", idle_minutes: 2}", double))
     home = tmp_path / "home"
     done = lhorch(cloudbox, home, "run", str(path), "--json")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

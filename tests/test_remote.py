@@ -11,6 +11,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from hybrid import DOUBLE, hybrid_pipeline
 
 from lhorch.orchestrator.core.errors import ClusterUnreachable
 from lhorch.orchestrator.execution.runner import Runner, RunOptions
@@ -31,25 +32,10 @@ def bucket(aws):
     return BUCKET
 
 
-def _pipeline(write_pipeline, address: str, middle: str = "echo $(( $(cat $LHORCH_INPUT_N) * 2 )) > $LHORCH_OUTPUT_DIR/n2; echo out=$LHORCH_OUTPUT_DIR"):
-    return write_pipeline(f"""\
-        name: hybrid
-        cloud: {{provider: ray, address: "{address}", bucket: {BUCKET}, prefix: tests, token_env: TEST_RAY_TOKEN}}
-        stages:
-          make:
-            run: echo 21 > $LHORCH_OUTPUT_DIR/n
-            outputs: [n]
-            placement: local
-          double:
-            needs: [make]
-            placement: cloud
-            run: {middle}
-            outputs: [n2]
-          report:
-            needs: [double]
-            placement: local
-            run: echo "result=$(cat $LHORCH_INPUT_N2)"
-        """)
+def _pipeline(write_pipeline, address: str):
+    cloud = (f'cloud: {{provider: ray, address: "{address}", bucket: {BUCKET}, prefix: tests, '
+             'token_env: TEST_RAY_TOKEN}')
+    return write_pipeline(hybrid_pipeline("hybrid", cloud, DOUBLE + "; echo out=$LHORCH_OUTPUT_DIR"))
 
 
 def _runner(store, path, ray_node, provider, **options):
