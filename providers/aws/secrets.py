@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from lhorch.providers.aws.names import cluster_path, safe
+from lhorch.providers.aws.names import cluster_path, safe, token_parameter
 
 
 def secrets_parameter(run_id: str, group: str, stage: str) -> str:
@@ -37,11 +37,12 @@ def get_secrets(ssm: Any, name: str) -> dict[str, str]:
 
 
 def delete_cluster_parameters(ssm: Any, run_id: str, group: str) -> list[str]:
-    """Delete every parameter under the cluster's path (its token and its stages' secrets)."""
-    names: list[str] = []
+    """Delete every parameter under the cluster's path (its token and its stages' secrets). The token
+    is deleted by name whatever the listing says: a listing that lags must not leave the secret."""
+    names: list[str] = [token_parameter(run_id, group)]
     for page in ssm.get_paginator("describe_parameters").paginate(
             ParameterFilters=[{"Key": "Path", "Option": "Recursive", "Values": [cluster_path(run_id, group)]}]):
-        names += [p["Name"] for p in page.get("Parameters", [])]
+        names += [p["Name"] for p in page.get("Parameters", []) if p["Name"] not in names]
     for name in names:
         try:
             ssm.delete_parameter(Name=name)

@@ -24,7 +24,7 @@ from lhorch.providers.aws import records, security
 from lhorch.providers.aws.connect import HeadConnector, HeadNode
 from lhorch.providers.aws.context import AwsContext
 from lhorch.providers.aws.ec2 import TAG_EXPIRES, TAG_GROUP, TAG_HOST, TAG_INSTALL, TAG_RUN, UP_STATES, tags_of
-from lhorch.providers.aws.names import cluster_name, cluster_path, node_role_name, token_parameter
+from lhorch.providers.aws.names import cluster_name, cluster_path, node_role_name
 from lhorch.providers.aws.retry import error_code
 from lhorch.providers.aws.secrets import delete_cluster_parameters
 
@@ -75,14 +75,8 @@ class Teardown:
             security.delete_key_pair(ec2, name, self.ctx.store.home)
         except ClientError as exc:
             errors.append(f"key pair {name}: {exc}")
-        param = token_parameter(run_id, group)
         try:
-            ssm.delete_parameter(Name=param)
-        except ClientError as exc:
-            if error_code(exc) != "ParameterNotFound":
-                errors.append(f"parameter {param}: {exc}")
-        try:
-            delete_cluster_parameters(ssm, run_id, group)  # the stages' secrets
+            delete_cluster_parameters(ssm, run_id, group)  # the Ray token and the stages' secrets
         except ClientError as exc:
             errors.append(f"parameters under {cluster_path(run_id, group)}: {exc}")
         if not self.ctx.settings.instance_profile:  # a role of the user's own is not ours to delete
