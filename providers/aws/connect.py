@@ -59,29 +59,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def probe(address: str, token: SecretStr | None, timeout: float = 5.0) -> bool:
-    """True when the Ray dashboard answers with the token."""
-    req = urllib.request.Request(address.rstrip("/") + "/api/version")
-    if token is not None:
-        req.add_header("Authorization", "Bearer " + token.get_secret_value())
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback tunnel
-            return resp.status == 200
-    except OSError:
-        return False
-
-
-def alive_nodes(address: str, token: SecretStr | None, timeout: float = 5.0) -> int:
-    """How many nodes Ray reports alive (its state API on the dashboard); 0 when it does not answer."""
-    req = urllib.request.Request(address.rstrip("/") + "/api/v0/nodes?detail=false&limit=1000")
+def _dashboard(address: str, path: str, token: SecretStr | None, timeout: float) -> bytes | None:
+    """GET ``path`` from the Ray dashboard at ``address`` with the token; None when it does not answer 200."""
+    req = urllib.request.Request(address.rstrip("/") + path)
     if token is not None:
         req.add_header("Authorization", "Bearer " + token.get_secret_value())
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback tunnel or private address
-            body = json.loads(resp.read())
-    except (OSError, ValueError):
+            return resp.read() if resp.status == 200 else None
+    except OSError:
+        return None
+
+
+def probe(address: str, token: SecretStr | None, timeout: float = 5.0) -> bool:
+    """True when the Ray dashboard answers with the token."""
+    return _dashboard(address, "/api/version", token, timeout) is not None
+
+
+def alive_nodes(address: str, token: SecretStr | None, timeout: float = 5.0) -> int:
+    """How many nodes Ray reports alive (its state API on the dashboard); 0 when it does not answer."""
+    body = _dashboard(address, "/api/v0/nodes?detail=false&limit=1000", token, timeout)
+    try:
+        nodes = ((json.loads(body or b"{}").get("data") or {}).get("result") or {}).get("result") or []
+    except ValueError:
         return 0
-    nodes = ((body.get("data") or {}).get("result") or {}).get("result") or []
     return sum(1 for n in nodes if isinstance(n, dict) and n.get("state") == "ALIVE")
 
 
